@@ -132,7 +132,7 @@ class SceneBuilder:
 
     def world(self) -> World:
         w = World(list(self.bodies))
-        poses = np.array(self.poses, dtype=np.float64)
+        poses = np.array(self.poses, dtype=np.float64).reshape(-1, 4)
         w.pos, w.yaw = poses[:, :3].copy(), poses[:, 3].copy()
         w.support, w.joint = np.array(self.supports, dtype=int), np.array(self.joints, dtype=np.float64)
         return w

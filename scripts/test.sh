@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The README's second command: set up (first run only) and run the test suite. Extra args go to pytest,
+# e.g. `bash scripts/test.sh -m slow` for the slow tests, `bash scripts/test.sh -k fast`.
+. "$(dirname "$0")/setup.sh"
+python -m pytest "$@"
