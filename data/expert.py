@@ -43,7 +43,8 @@ class Expert:
         self.travel = u(0.13, 0.17)                # carrying height
         self.rest_yaw = u(-0.3, 0.3)               # how this "operator" holds the hand
         self.pause_p = u(0.0, 0.4)                 # chance of a short pause after a phase
-        self.sigma = 0.04 if noise else 0.0        # action noise
+        self.sigma = 0.05 if noise else 0.0        # action noise (translation)
+        self._drift = np.zeros(3)
         self.grip = OPEN
         self.phase = "start"
         self.done = False
@@ -63,10 +64,11 @@ class Expert:
     def _action(self, dpos_cmd: np.ndarray, yaw: float | None = None, rot_gain: float = 0.5) -> np.ndarray:
         q_t = yaw_quat(self.rest_yaw if yaw is None else yaw)
         rot = np.clip(rotation_error(q_t, self.w.eef_quat) / ROT_SCALE * rot_gain, -0.6, 0.6)
-        a = np.concatenate([dpos_cmd, rot, [self.grip]])
-        if self.sigma:
-            a[:6] += self.rng.normal(0.0, self.sigma, 6) * np.array([1, 1, 1, 0.5, 0.5, 0.5])
-        return np.clip(a, -1.0, 1.0)
+        rot[:2] = 0.0               # the expert only ever turns the wrist about z (the hand stays level)
+        if self.sigma:   # smooth (AR(1)) noise on translation, as a hand drifts; none on rotation
+            self._drift = 0.8 * self._drift + 0.6 * self.rng.normal(0.0, self.sigma, 3)
+            dpos_cmd = dpos_cmd + self._drift
+        return np.clip(np.concatenate([dpos_cmd, rot, [self.grip]]), -1.0, 1.0)
 
     def _move(self, target, tol=0.006, speed=None, max_steps=120, **kw) -> Iterator[np.ndarray]:
         vmax = self.speed if speed is None else speed

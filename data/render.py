@@ -221,3 +221,10 @@ class Renderer:
         wrist = self._draw(self._table_image(cam, basis, WRIST_FOV), wv, yaw, cam, basis, WRIST_FOV,
                            skip_bodies=self.gripper_ids[:1])
         return np.asarray(agent), np.asarray(wrist)
+
+
+def agentview_uv(points: np.ndarray) -> np.ndarray:
+    """[N, 3] world points → [N, 2] (u, v) in [0, 1] of the upright agentview image (u right, v down)."""
+    p = (np.atleast_2d(points) - AGENT_POS) @ AGENT_BASIS.T
+    f = 0.5 / math.tan(AGENT_FOV / 2)
+    return np.stack([p[:, 0] / p[:, 2] * f + 0.5, p[:, 1] / p[:, 2] * f + 0.5], axis=1)

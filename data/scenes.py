@@ -17,8 +17,9 @@ from data.world import Body, World
 
 N_INIT_STATES = 50
 SUITES = ("spatial", "object", "goal", "long")
-# LIBERO's max policy steps 220/280/300/520, halved: mini-LIBERO moves ~2× faster per step than the Panda.
-MAX_STEPS = {"spatial": 110, "object": 140, "goal": 150, "long": 260}
+# LIBERO's max policy steps 220/280/300/520 × 0.6: the mini robot moves ~2× faster per step than the Panda,
+# and 0.6 keeps the expert's longest episodes at ~85 % of the limit, as LIBERO's longest demos are.
+MAX_STEPS = {"spatial": 132, "object": 168, "goal": 180, "long": 312}
 
 COLORS = {  # name → (side rgb, top rgb)
     "black": ((40, 40, 45), (20, 20, 24)), "white": ((235, 235, 230), (250, 250, 245)),
@@ -193,6 +194,7 @@ SPATIAL_RELATIONS = [
     "next to the plate", "on the wooden cabinet",
 ]
 MID = ((-0.22, 0.24), (-0.20, 0.08))        # the open middle band of the table
+BOWL = "the black bowl"                      # both bowls look the same: the instruction tells them apart
 
 
 def _spatial_scene(rel: int, rng) -> tuple[World, list]:
@@ -210,9 +212,9 @@ def _spatial_scene(rel: int, rng) -> tuple[World, list]:
     cookie = s.add("cookie_box", "cookie_box", "red", s.free_xy(MID, 0.15))
     near = lambda i: (s.poses[i][0] + float(rng.choice([-1, 1])) * 0.085, s.poses[i][1] + float(rng.uniform(-0.02, 0.02)))
     if rel == 0:
-        target = s.add("black_bowl_1", "bowl", "black", ((s.poses[plate][0] + s.poses[ram][0]) / 2, s.poses[plate][1]))
+        target = s.add("black_bowl_1", "bowl", "black", ((s.poses[plate][0] + s.poses[ram][0]) / 2, s.poses[plate][1]), label=BOWL)
     elif rel == 2:
-        target = s.add("black_bowl_1", "bowl", "black", (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.05, -0.01))))
+        target = s.add("black_bowl_1", "bowl", "black", (float(rng.uniform(-0.02, 0.02)), float(rng.uniform(-0.05, -0.01))), label=BOWL)
     elif rel in (1, 6, 8):
         anchor = {1: ram, 6: cookie, 8: plate}[rel]
         for _ in range(50):                       # the side of the anchor that is free
@@ -220,11 +222,11 @@ def _spatial_scene(rel: int, rng) -> tuple[World, list]:
             if all(s._gap(xy, i) > 0.075 for i in range(len(s.bodies)) if i != anchor and s.supports[i] == -1
                    and s.bodies[i].fixture != "drawer") and abs(xy[0]) < 0.32:
                 break
-        target = s.add("black_bowl_1", "bowl", "black", xy)
+        target = s.add("black_bowl_1", "bowl", "black", xy, label=BOWL)
     else:
         base = {3: cookie, 4: cab["top"], 5: ram, 7: stove, 9: cab["cabinet"]}[rel]
         dxy = (-0.03, 0.015) if rel == 7 else (0.0, -0.02 if rel == 4 else 0.0)
-        target = s.add_on("black_bowl_1", "bowl", "black", base, dxy)
+        target = s.add_on("black_bowl_1", "bowl", "black", base, dxy, label=BOWL)
     # the distractor bowl: on the table, away from the target and from the target's anchor
     anchors = [target] + {0: [plate, ram], 1: [ram], 6: [cookie], 8: [plate]}.get(rel, [])
     for _ in range(400):
@@ -232,7 +234,7 @@ def _spatial_scene(rel: int, rng) -> tuple[World, list]:
         if all(np.hypot(xy[0] - s.poses[a][0], xy[1] - s.poses[a][1]) > 0.17 for a in anchors) and \
                 (rel != 2 or abs(xy[0]) > 0.12):
             break
-    s.add("black_bowl_2", "bowl", "black", xy)
+    s.add("black_bowl_2", "bowl", "black", xy, label=BOWL)
     return s.world(), [("pick_place", "black_bowl_1", "plate")]
 
 
