@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The README's second command: set up (first run only) and run the test suite. Extra args go to pytest,
 # e.g. `bash scripts/test.sh -m slow` for the slow tests, `bash scripts/test.sh -k fast`.
+args=("$@"); set --                      # setup.sh takes requirement files as arguments, not pytest's
 . "$(dirname "$0")/setup.sh"
-python -m pytest "$@"
+python -m pytest "${args[@]}"
