@@ -37,6 +37,11 @@ DEMO_INIT_OFFSET = 1000          # demos use scene samples 1000, 1001, …; eval
 VAL_EVERY = 10                   # demo j of a task is held out when j % VAL_EVERY == VAL_EVERY - 1
 
 
+def is_val(j: int, per_task: int) -> bool:
+    """Demo j of a task is held out every VAL_EVERY demos; small sets (2..9 per task) hold out their last."""
+    return j % VAL_EVERY == VAL_EVERY - 1 or (1 < per_task < VAL_EVERY and j == per_task - 1)
+
+
 def _atomic_json(path: str, obj, lines: bool = False) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -74,7 +79,7 @@ def _generate_task(job):
                             sim_state=np.stack(ep["sim_state"]), phase=np.array(ep["phase"]))
         recs.append({"index": idx, "file": fname, "suite": suite, "task_id": task_id, "task": task.name,
                      "language": task.language, "init_state": k - 1, "length": ep["length"],
-                     "split": "val" if j % VAL_EVERY == VAL_EVERY - 1 else "train"})
+                     "split": "val" if is_val(j, per_task) else "train"})
         j += 1
     return recs
 

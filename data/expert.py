@@ -99,6 +99,8 @@ class Expert:
     # --------------------------------------------------------------------- primitives
     def _run(self, plan):
         for step in plan:
+            if self.noise:                       # the operator re-grips the hand between primitives
+                self.rest_yaw = float(self.rng.uniform(-0.35, 0.35))
             yield from getattr(self, "_" + step[0])(*step[1:])
         self.phase = "done"
 

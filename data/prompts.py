@@ -1,7 +1,9 @@
 """Prompt builders: the text of every sample the MLLM stages train on, built from mini-LIBERO's privileged state.
 
-Three SFT kinds (RoboAlign's Stage 1 mixture, in miniature) plus the pretraining VQA that stands in for the
-paper's pretrained MLLM:
+Three SFT kinds (RoboAlign's Stage 1 mixture, in miniature) plus the scene captions that, with the VQA, stand in
+for the paper's pretrained MLLM:
+  * caption — "Describe the scene.": where the gripper and every object are in the image and what the gripper
+    holds. Dense supervision: every object's place is a token that only the image can give;
   * embodied VQA — where things are in the image (a 3×3 grid of the upright agentview), what the gripper
     holds, left/right and front/back relations, which object an instruction refers to, what to do next,
     which way the gripper should move, drawer/stove states. Answers only the image (or the state) can give.
@@ -109,6 +111,25 @@ def reasoning(world: World, phase: str, chunk: np.ndarray, rng: np.random.Genera
 
 def reasoning_answer(world: World, phase: str, chunk: np.ndarray, rng) -> str:
     return f"<think>{reasoning(world, phase, chunk, rng)}</think>{fast_answer()}"
+
+
+def grid_xy(point: np.ndarray, n: int = 10) -> str:
+    """'(column, row)' of a world point on an n×n grid over the upright agentview image."""
+    u, v = np.clip((agentview_uv(point)[0] * n).astype(int), 0, n - 1)
+    return f"({u}, {v})"
+
+
+def caption(world: World) -> tuple[str, str]:
+    """The whole scene, object by object (scene order), gripper first, on a 10×10 image grid: finer than the
+    3×3 words of the VQA, because actions need positions to a few centimetres."""
+    parts = [f"The gripper is at {grid_xy(world.eef_pos)}"]
+    if world.held >= 0:
+        parts[0] += f" holding {label(world.bodies[world.held])}"
+    for i, b in enumerate(world.bodies):
+        if b.fixture in ("drawer", "knob") or i == world.held:
+            continue
+        parts.append(f"{label(b)} is at {grid_xy(world.pos[i] + [0.0, 0.0, b.h / 2])}")
+    return "Describe the scene.", ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
 
 def vqa(world: World, instruction: str, plan: list, phase: str, chunk: np.ndarray, rng) -> tuple[str, str]:

@@ -1,0 +1,674 @@
+"""Stage 1 — supervised fine-tuning of a Qwen2.5-VL backbone that thinks in language and answers in FAST tokens.
+
+Reads a backbone (`--model`), the demonstrations (`--demos`) and a FAST tokenizer; writes `--out DIR`: a
+checkpoint `from_pretrained` loads (safetensors), the processor, `fast_tokenizer.json`, `action_vocab.json`,
+`stage2.json` (demo episodes reserved for GRPO) and `metrics.json`.
+
+The vocabulary gains <ACTION_START>, <ACTION_END> and one token <act_i> per FAST id (new embedding rows start
+at the mean of the old ones, so a new token's logit starts at the average instead of a random extreme). The
+answer format is RoboAlign's:  <think>…</think><answer><ACTION_START><act_…>…<ACTION_END></answer>.
+Three data kinds, mixed by `--mix`: embodied VQA, reasoning → FAST, plain FAST generation (data/prompts.py).
+
+    python sft.py                                     # default: from the shipped tiny backbone, ~4 min on 2 CPUs
+    python sft.py --model tiny --mix vqa=0.6,fast=0.4 --steps 6000 --out assets/tiny-vl   # pretrain the backbone
+    torchrun --nproc_per_node 2 sft.py --steps 20     # DDP (gloo on CPU, nccl on GPU)
+
+The tiny backbone. The paper starts from Qwen2.5-VL-7B-Instruct, which already sees. A 4 M-parameter model
+trained from scratch does not (calibration-notes.md): its merged image tokens become a large near-constant
+block the language model ignores. `--model tiny` therefore builds a small Qwen2.5-VL *plus a vision adapter*
+(per image: subtract the mean over its tokens, divide by its RMS, scale by a learnable per-channel gain that
+starts at the text-embedding scale, add a learnable position table), and the pretraining command above
+(VQA whose answers only the image gives, plus FAST generation) stands in for the paper's pretrained MLLM. Its
+output, `assets/tiny-vl`, ships with the repository. Plain `transformers` loads it as a Qwen2.5-VL but drops the
+adapter (a warning names its weights); `load_backbone` below restores it. Real Qwen checkpoints need no adapter.
+
+Full-size recipe (paper: Qwen2.5-VL-7B-Instruct, 2.28 M samples, frozen vision encoder, lr 2e-5 cosine,
+warmup 0.03, 1 epoch; 8× H200 ≈ 30 h):
+    torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data path/to/data \\
+        --lr 2e-5 --warmup 0.03 --epochs 1 --global-batch 128 --micro-batch 4 --bf16 --grad-ckpt --fsdp
+
+Choices named here: loss = cross-entropy summed over response tokens (prompt and image tokens masked) divided
+by the response tokens of the whole global batch (a token-level mean, identical for any split into micro-batches
+and ranks); AdamW, linear warm-up then cosine decay to 10 %; fp32 on CPU, bf16 on GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
+                          Qwen2_5_VLProcessor)
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from data import prompts
+from data.demos import DemoDataset, chunk_episode
+from data.mini_libero import suite_name  # noqa: F401  (keeps data.* importable the same way everywhere)
+from data.world import Body, World
+from fast_tokenizer import FastTokenizer
+
+
+def arg(default, help):                       # a dataclass field that carries its --help text
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    model: str = arg("assets/tiny-vl", "backbone: 'tiny' (build one), a checkpoint dir, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
+    demos: str = arg("out/demos", "demonstration dataset (python -m data.mini_libero demos)")
+    fast: str = arg("", "FAST tokenizer dir or json; '' = the one inside --model, else out/fast")
+    out: str = arg("out/sft", "output checkpoint directory")
+    mix: str = arg("vqa=0.3,reason=0.5,fast=0.2", "data mixture: kind=weight for caption, vqa, reason, fast")
+    steps: int = arg(300, "optimizer steps (0: derive from --epochs)")
+    epochs: float = arg(0.0, "epochs over the training samples when --steps is 0")
+    global_batch: int = arg(32, "sequences per optimizer step, over all ranks and micro-steps")
+    micro_batch: int = arg(16, "sequences per forward pass on one rank")
+    lr: float = arg(1e-3, "peak learning rate (paper 2e-5 on the 7B model; a from-scratch 4 M model wants ~1e-3)")
+    vision_lr_mult: float = arg(1.0, "learning-rate multiplier for the vision tower and adapter")
+    warmup: float = arg(0.03, "fraction of steps with linear warm-up (paper 0.03)")
+    weight_decay: float = arg(0.01, "AdamW weight decay")
+    grad_clip: float = arg(1.0, "max gradient norm (0: off)")
+    freeze_vision: bool = arg(False, "freeze the ViT (the paper freezes it; the tiny model's must still learn)")
+    stage2_frac: float = arg(0.1, "fraction of training episodes reserved for GRPO (never seen by SFT)")
+    eval_every: int = arg(0, "evaluate every N steps (0: only at the end)")
+    eval_prompts: int = arg(128, "held-out prompts per evaluated kind for the generation metrics")
+    eval_kinds: str = arg("reason", "kinds evaluated on held-out episodes: reason, fast, vqa, caption (comma-separated)")
+    max_new_tokens: int = arg(96, "generation limit for the held-out evaluation")
+    save_every: int = arg(100, "write a resumable checkpoint every N steps")
+    resume: bool = arg(False, "continue from --out/resume if present")
+    bf16: bool = arg(False, "bfloat16 autocast (GPU); CPU runs stay fp32")
+    grad_ckpt: bool = arg(False, "gradient checkpointing (saves memory, costs ~30 % speed)")
+    fsdp: bool = arg(False, "FSDP instead of DDP, for models that do not fit on one GPU")
+    trust_remote_code: bool = arg(False, "allow a hub checkpoint's own code (off: files are data, not code)")
+    seed: int = arg(0, "random seed (rank is added)")
+
+
+def parse_config(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Config):
+        kw = dict(default=f.default, help=f.metadata["help"])
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return Config(**vars(p.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------- the backbone
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
+FORMAT_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+MARKERS = ["<ACTION_START>", "<ACTION_END>"]
+CHAT_TEMPLATE = (   # Qwen's layout without the default system turn (8 tokens per sample saved on the tiny model)
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+class ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
+    """Qwen2.5-VL processor for images only: needs neither torchvision nor a video processor."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template)
+
+
+class VisionAdapter(nn.Module):
+    """Per image [n, d] merged tokens → (x − mean) / rms · gain + pos[:n]. Keeps image tokens at the text
+    embeddings' scale and removes the shared component that a from-scratch ViT grows (calibration-notes.md)."""
+
+    def __init__(self, dim: int, max_tokens: int = 256):
+        super().__init__()
+        self.gain = nn.Parameter(torch.full((dim,), 0.02))
+        self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(0, keepdim=True)
+        x = x / (x.pow(2).mean().sqrt() + 1e-6)
+        return x * self.gain + self.pos[: x.shape[0]]
+
+
+class AdaptedQwenVLModel(Qwen2_5_VLModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.vision_adapter = VisionAdapter(config.text_config.hidden_size)
+
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
+        out = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+        out.pooler_output = tuple(self.vision_adapter(f) for f in out.pooler_output)
+        return out
+
+
+class TinyQwenVL(Qwen2_5_VLForConditionalGeneration):
+    """Qwen2.5-VL with the vision adapter (the tiny from-scratch backbone only)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = AdaptedQwenVLModel(config)
+        self.post_init()
+
+
+def train_text_tokenizer(sentences, n_actions: int, text_vocab: int = 1024) -> PreTrainedTokenizerFast:
+    """Byte-level BPE on the world's text + Qwen's specials + format tokens + the action vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=text_vocab, special_tokens=QWEN_SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(sentences, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:] + FORMAT_TOKENS})
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(tok) -> TinyQwenVL:
+    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
+    hd = 64                                                   # head dim; mrope_section must sum to hd / 2
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [hd // 8, 3 * hd // 16, 3 * hd // 16]}),
+        vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=True)
+    cfg.vision_adapter = True
+    return TinyQwenVL(cfg)
+
+
+def add_action_vocab(model, tok, n_actions: int) -> dict:
+    """Add <ACTION_START>, <ACTION_END>, <act_0..n-1>; new embedding rows = mean of the old rows."""
+    old = len(tok)
+    tok.add_tokens(MARKERS, special_tokens=True)
+    tok.add_tokens([f"<act_{i}>" for i in range(n_actions)], special_tokens=True)
+    emb = model.get_input_embeddings().weight
+    mean = emb.data[:old].mean(0)
+    model.resize_token_embeddings(len(tok), mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[old:] = mean
+    return action_vocab(tok, n_actions)
+
+
+def action_vocab(tok, n_actions: int) -> dict:
+    first = tok.convert_tokens_to_ids("<act_0>")
+    ids = tok.convert_tokens_to_ids([f"<act_{i}>" for i in range(n_actions)])
+    if first is None or first == tok.unk_token_id or ids != list(range(first, first + n_actions)):
+        raise SystemExit("sft.py: the checkpoint's tokenizer has no contiguous <act_i> action vocabulary")
+    return {"n_actions": n_actions, "act_offset": first, "action_start": tok.convert_tokens_to_ids("<ACTION_START>"),
+            "action_end": tok.convert_tokens_to_ids("<ACTION_END>")}
+
+
+def load_backbone(path: str, trust_remote_code: bool = False, need_actions: bool = True, dtype=torch.float32):
+    """(model, processor, fast tokenizer or None, action vocab or None) from a checkpoint dir or hub id."""
+    local = os.path.isdir(path)
+    if not local and os.path.sep in path and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
+        raise SystemExit(f"sft.py: --model {path}: no such checkpoint directory")
+    try:
+        cfg = Qwen2_5_VLConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        cls = TinyQwenVL if getattr(cfg, "vision_adapter", False) else Qwen2_5_VLForConditionalGeneration
+        model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        proc = ImageOnlyQwenProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"sft.py: cannot load a Qwen2.5-VL checkpoint from {path!r}: {str(e).splitlines()[0]}")
+    fast = FastTokenizer.load(os.path.join(path, "fast_tokenizer.json")) if local and \
+        os.path.isfile(os.path.join(path, "fast_tokenizer.json")) else None
+    vocab = None
+    if local and os.path.isfile(os.path.join(path, "action_vocab.json")):
+        with open(os.path.join(path, "action_vocab.json")) as f:
+            vocab = json.load(f)
+    if need_actions and (vocab is None or fast is None):
+        raise SystemExit(f"sft.py: {path} has no action vocabulary (action_vocab.json + fast_tokenizer.json); "
+                         f"run sft.py on it first")
+    return model, proc, fast, vocab
+
+
+def build_tiny(corpus: list[str], fast: FastTokenizer):
+    tok = train_text_tokenizer(corpus, fast.vocab_size)
+    ip = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=14,
+                                  temporal_patch_size=2, merge_size=2)
+    model = tiny_model(tok)
+    vocab = add_action_vocab(model, tok, fast.vocab_size)
+    tok.padding_side = "left"
+    return model, ImageOnlyQwenProcessor(image_processor=ip, tokenizer=tok, chat_template=CHAT_TEMPLATE), vocab
+
+
+# ----------------------------------------------------------------------------- samples
+@dataclass
+class Sample:
+    episode: int          # index into the DemoDataset
+    t: int                # step within the episode
+    kind: str             # vqa | reason | fast
+    prompt: str           # user text (the image comes first)
+    answer: str           # assistant text, with {ACTIONS} still to fill
+    actions: list         # FAST ids of the chunk at t
+    signs: list           # the chunk's motion direction per axis (-1/0/+1), for direction accuracy
+
+
+def task_worlds(ds: DemoDataset) -> dict:
+    """(suite, task_id) → (World with that task's bodies, first plan step) for turning sim states into text."""
+    from data.scenes import suite_tasks
+    out = {}
+    for t in ds.meta["tasks"]:
+        world = World([Body(**b) for b in t["bodies"]])
+        plan = suite_tasks(t["suite"])[t["task_id"]].scene(0)[1]
+        out[(t["suite"], t["task_id"])] = (world, plan)
+    return out
+
+
+def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix: dict, seed: int) -> list[Sample]:
+    """One sample per (episode, step); its kind drawn from the mixture."""
+    rng = np.random.default_rng(seed)
+    worlds = task_worlds(ds)
+    kinds, p = list(mix), np.array(list(mix.values()), float) / sum(mix.values())
+    out = []
+    for e in episodes:
+        rec = ds.episodes[e]
+        ep = ds.load(e, ["actions", "sim_state", "phase"])
+        chunks = chunk_episode(ep["actions"], fast.time_horizon)             # [T, H, 7]
+        ids = fast.encode(chunks)
+        world, plan = worlds[(rec["suite"], rec["task_id"])]
+        for t in range(len(chunks)):
+            world.set_state(ep["sim_state"][t])
+            kind = kinds[rng.choice(len(kinds), p=p)]
+            phase = str(ep["phase"][t])
+            if kind == "vqa":
+                q, a = prompts.vqa(world, rec["language"], plan, phase, chunks[t], rng)
+            elif kind == "caption":
+                q, a = prompts.caption(world)
+            elif kind == "reason":
+                q, a = prompts.reasoning_prompt(rec["language"]), prompts.reasoning_answer(world, phase, chunks[t], rng)
+            else:
+                q, a = prompts.fast_prompt(rec["language"]), prompts.fast_answer()
+            out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist()))
+    return out
+
+
+class Frames:
+    """Upright agentview frames of the episodes in use, decompressed once (~50 KB per frame)."""
+
+    def __init__(self, ds: DemoDataset, episodes):
+        self.frames = {e: ds.load(e, ["agentview_rgb"])["agentview_rgb"] for e in episodes}
+
+    def __call__(self, s: Sample) -> np.ndarray:
+        return self.frames[s.episode][s.t]
+
+
+def fill_actions(text: str, ids, vocab: dict) -> str:
+    return text.replace(prompts.ACTIONS, "".join(f"<act_{i}>" for i in ids))
+
+
+def collate(samples, images, proc, vocab, with_answer=True):
+    """Tokenise a batch by hand (faster than the processor's per-sample path, and explicit):
+    prompt = chat template with one <|image_pad|> per merged image token; labels = answer tokens + <|im_end|>."""
+    tok = proc.tokenizer
+    vis = proc.image_processor(images=list(images), return_tensors="pt")
+    n_img = (vis["image_grid_thw"].prod(-1) // proc.image_processor.merge_size ** 2).tolist()
+    seqs, labels = [], []
+    for s, n in zip(samples, n_img):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s.prompt}]}]
+        text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        p = tok(text.replace("<|image_pad|>", "<|image_pad|>" * n), add_special_tokens=False)["input_ids"]
+        a = tok(fill_actions(s.answer, s.actions, vocab) + "<|im_end|>", add_special_tokens=False)["input_ids"] if with_answer else []
+        seqs.append(p + a)
+        labels.append([-100] * len(p) + a)
+    L, pad = max(map(len, seqs)), tok.pad_token_id
+    left = not with_answer                                  # generation needs left padding, training does not care
+    ids = torch.full((len(seqs), L), pad)
+    lab = torch.full((len(seqs), L), -100)
+    att = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, (s, l) in enumerate(zip(seqs, labels)):
+        sl = slice(L - len(s), L) if left else slice(0, len(s))
+        ids[i, sl], lab[i, sl], att[i, sl] = torch.tensor(s), torch.tensor(l), 1
+    image_id = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    return {"input_ids": ids, "attention_mask": att, "labels": lab, "pixel_values": vis["pixel_values"],
+            "image_grid_thw": vis["image_grid_thw"], "mm_token_type_ids": (ids == image_id).int()}
+
+
+def response_loss(model, batch, n_tokens: float) -> torch.Tensor:
+    """Σ cross-entropy over response tokens / n_tokens (the global batch's response-token count / world)."""
+    labels = batch.pop("labels")
+    logits = model(**batch).logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                           ignore_index=-100, reduction="sum") / n_tokens
+
+
+# ----------------------------------------------------------------------------- evaluation
+ANSWER_RE = {"reason": re.compile(r"^<think>(.+?)</think><answer>(.*?)</answer>", re.S),
+             "fast": re.compile(r"^<answer>(.*?)</answer>", re.S)}
+
+
+def parse_actions(ids: list[int], vocab: dict) -> list[int] | None:
+    """FAST ids strictly between the first <ACTION_START> and the next <ACTION_END>; None if absent."""
+    s, e = vocab["action_start"], vocab["action_end"]
+    if s not in ids:
+        return None
+    rest = ids[ids.index(s) + 1:]
+    if e not in rest:
+        return None
+    lo, n = vocab["act_offset"], vocab["n_actions"]
+    body = rest[: rest.index(e)]
+    return [t - lo for t in body] if all(lo <= t < lo + n for t in body) else None
+
+
+def prefix_ratio(gen: list[int] | None, target: list[int]) -> float:
+    """RoboAlign's r_a: longest exact-match prefix / target length (0 if the first token differs or no answer)."""
+    if not gen or not target:
+        return 0.0
+    n = 0
+    for a, b in zip(gen, target):
+        if a != b:
+            break
+        n += 1
+    return n / len(target)
+
+
+def mean_ci(x) -> list:
+    """[mean, low, high]: the mean with a normal-approximation 95 % interval over prompts."""
+    x = np.asarray(x, float)
+    h = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else 0.0
+    return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
+
+
+def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: FastTokenizer) -> dict:
+    """Per-prompt figures. Action kinds: format, exact match, prefix ratio r_a, L1 of the decoded actions in
+    normalised units (1.0 when nothing decodes), direction accuracy (per-axis sign of the mean motion).
+    VQA: exact match of the answer text."""
+    if sample.kind in ("vqa", "caption"):           # exact answer; for captions, the share of places right
+        got = text.split("<|im_end|>")[0].strip()
+        if sample.kind == "vqa":
+            return {"accuracy": float(got == sample.answer)}
+        want, have = sample.answer.split(". "), set(got.split(". "))
+        return {"accuracy": float(np.mean([w in have for w in want]))}
+    acts = parse_actions(gen_ids, vocab)
+    row = {"format": float(bool(ANSWER_RE[sample.kind].match(text)) and acts is not None),
+           "exact": float(acts == sample.actions), "prefix": prefix_ratio(acts, sample.actions),
+           "l1": 1.0, "direction": 0.0}
+    if acts:
+        dec, _ = fast.decode([acts], relaxed=True)
+        tgt, _ = fast.decode([sample.actions])
+        row["l1"] = float(np.abs(fast.normalize(dec[0]) - fast.normalize(tgt[0])).mean())
+        row["direction"] = float(np.mean(prompts.motion_signs(dec[0]) == np.array(sample.signs)))
+    return row
+
+
+@torch.no_grad()
+def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch=32, shuffle=False, seed=0):
+    """Greedy generation on held-out prompts → {kind/metric: [mean, lo, hi]}. shuffle=True permutes the images
+    across prompts: the control that tells whether the model reads its image (figures fall to chance)."""
+    model.eval()
+    order = np.random.default_rng(seed).permutation(len(samples)) if shuffle else np.arange(len(samples))
+    tok = proc.tokenizer
+    banned = tok.convert_tokens_to_ids(QWEN_SPECIALS[3:])           # vision tokens can never be generated
+    rows = {}
+    for b0 in range(0, len(samples), batch):
+        sb = samples[b0:b0 + batch]
+        inp = collate(sb, [frames(samples[order[b0 + i]]) for i in range(len(sb))], proc, vocab, with_answer=False)
+        inp.pop("labels")
+        out = model.generate(**inp, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=banned,
+                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
+        for s, g in zip(sb, out[:, inp["input_ids"].shape[1]:].tolist()):
+            for k, v in score(s, g, tok.decode(g, skip_special_tokens=False), vocab, fast).items():
+                rows.setdefault(f"{s.kind}/{k}", []).append(v)
+    model.train()
+    return {k: mean_ci(v) for k, v in rows.items()}
+
+
+# ----------------------------------------------------------------------------- training
+def setup_distributed(seed: int):
+    """torchrun sets RANK/WORLD_SIZE; plain `python sft.py` runs one process. nccl on CUDA, gloo on CPU."""
+    ddp = "RANK" in os.environ
+    rank, world, local = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])) if ddp else (0, 1, 0)
+    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    torch.manual_seed(seed + rank)
+    return ddp, rank, world, device
+
+
+KINDS = ("caption", "vqa", "reason", "fast")
+
+
+def parse_mix(s: str) -> dict:
+    try:
+        mix = {k: float(v) for k, v in (kv.split("=") for kv in s.split(","))}
+    except ValueError:
+        raise SystemExit(f"sft.py: --mix {s!r}: expected kind=weight pairs, e.g. vqa=0.3,reason=0.5,fast=0.2")
+    if not mix or set(mix) - set(KINDS) or sum(mix.values()) <= 0:
+        raise SystemExit(f"sft.py: --mix {s!r}: kinds are {', '.join(KINDS)} with positive total weight")
+    return mix
+
+
+def split_episodes(ds: DemoDataset, stage2_frac: float, seed: int):
+    train = ds.indices("train")
+    rng = np.random.default_rng(seed)
+    stage2 = sorted(rng.choice(train, int(round(stage2_frac * len(train))), replace=False).tolist()) if stage2_frac > 0 else []
+    return [e for e in train if e not in set(stage2)], stage2, ds.indices("val")
+
+
+def load_fast(cfg: Config, model_fast):
+    if cfg.fast:
+        path = cfg.fast if cfg.fast.endswith(".json") else os.path.join(cfg.fast, "fast_tokenizer.json")
+    elif model_fast is not None:
+        return model_fast
+    else:
+        path = "out/fast/fast_tokenizer.json"
+    if not os.path.isfile(path):
+        raise SystemExit(f"sft.py: no FAST tokenizer at {path} (run fast_tokenizer.py, or pass --fast)")
+    return FastTokenizer.load(path)
+
+
+def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict) -> None:
+    """Everything the next stage needs, written to out.tmp and renamed: never half-written."""
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    proc.save_pretrained(tmp)
+    fast.save(os.path.join(tmp, "fast_tokenizer.json"))
+    for name, obj in {"action_vocab.json": vocab, **extra}.items():
+        with open(os.path.join(tmp, name), "w") as f:
+            json.dump(obj, f, indent=1)
+    if os.path.isdir(out):
+        keep = os.path.join(out, "resume")                          # keep the resume state across the swap
+        if os.path.isdir(keep):
+            shutil.move(keep, os.path.join(tmp, "resume"))
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
+def save_resume(model, opt, step: int, out: str) -> None:
+    from safetensors.torch import save_file, save_model
+    d, tmp = os.path.join(out, "resume"), os.path.join(out, "resume.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    save_model(model, os.path.join(tmp, "model.safetensors"))     # handles the tied embedding / lm_head
+    st = {f"{i}.{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    save_file({k: v.reshape(-1) if v.dim() == 0 else v for k, v in st.items()}, os.path.join(tmp, "optim.safetensors"))
+    with open(os.path.join(tmp, "step.json"), "w") as f:
+        json.dump({"step": step}, f)
+    shutil.rmtree(d, ignore_errors=True)
+    os.replace(tmp, d)
+
+
+def load_resume(model, opt, out: str) -> int:
+    from safetensors.torch import load_file, load_model
+    d = os.path.join(out, "resume")
+    if not os.path.isdir(d):
+        return 0
+    load_model(model, os.path.join(d, "model.safetensors"))
+    sd = opt.state_dict()
+    for k, v in load_file(os.path.join(d, "optim.safetensors")).items():
+        i, name = k.split(".", 1)
+        sd["state"].setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
+    opt.load_state_dict(sd)
+    with open(os.path.join(d, "step.json")) as f:
+        return json.load(f)["step"]
+
+
+def lr_at(step: int, total: int, warmup: float) -> float:
+    """Linear warm-up over `warmup`·total steps, then cosine decay to 10 % of the peak."""
+    w = max(1, int(warmup * total))
+    if step < w:
+        return (step + 1) / w
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
+
+
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    mix = parse_mix(cfg.mix)
+    ds = DemoDataset(cfg.demos)
+    if cfg.model == "tiny":
+        fast = load_fast(cfg, None)
+        train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
+        corpus_samples = build_samples(ds, train_eps[:: max(1, len(train_eps) // 60)],
+                                       fast, {k: 1 for k in KINDS}, cfg.seed)
+        corpus = [s.prompt for s in corpus_samples] + [s.answer for s in corpus_samples] + \
+                 ["You are a helpful assistant.", "system user assistant"] + [e["language"] for e in ds.episodes]
+        torch.manual_seed(cfg.seed)                                 # identical initial weights on every rank
+        model, proc, vocab = build_tiny(corpus, fast)
+    else:
+        model, proc, model_fast, vocab = load_backbone(cfg.model, cfg.trust_remote_code, need_actions=False)
+        fast = load_fast(cfg, model_fast)
+        if vocab is None:
+            vocab = add_action_vocab(model, proc.tokenizer, fast.vocab_size)
+        elif vocab["n_actions"] != fast.vocab_size:
+            raise SystemExit(f"sft.py: the checkpoint has {vocab['n_actions']} action tokens, the FAST tokenizer {fast.vocab_size}")
+        train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
+    proc.tokenizer.padding_side = "left"
+    model.to(device)
+    if cfg.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if cfg.grad_ckpt:
+        model.gradient_checkpointing_enable()
+
+    t0 = time.time()
+    train = build_samples(ds, train_eps, fast, mix, cfg.seed)
+    val = []                                                        # eval_prompts held-out prompts per kind
+    for k in cfg.eval_kinds.split(","):
+        vk = build_samples(ds, val_eps, fast, {k: 1.0}, cfg.seed + 1)
+        val += [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
+    frames = Frames(ds, sorted(set(train_eps) | set(val_eps)))
+
+    micro_steps = cfg.global_batch // (cfg.micro_batch * world_size)
+    if micro_steps < 1 or cfg.global_batch != micro_steps * cfg.micro_batch * world_size:
+        raise SystemExit(f"sft.py: --global-batch {cfg.global_batch} must be a multiple of --micro-batch × ranks "
+                         f"({cfg.micro_batch} × {world_size})")
+    total = cfg.steps or max(1, int(cfg.epochs * len(train) / cfg.global_batch))
+    vision = [p for n, p in model.named_parameters() if ("visual" in n or "vision_adapter" in n) and p.requires_grad]
+    other = [p for n, p in model.named_parameters() if not ("visual" in n or "vision_adapter" in n) and p.requires_grad]
+    opt = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
+                             {"params": vision, "lr": cfg.lr * cfg.vision_lr_mult}],
+                            lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    start = load_resume(model, opt, cfg.out) if cfg.resume else 0
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        wrapped = model
+    raw = model                                                     # unwrapped handle: saving and generation
+    dtype = "bf16 autocast (GPU)" if cfg.bf16 and device.type == "cuda" else "fp32 (CPU: bf16 autocast is slow and lossy here)"
+    if master:
+        n_par = sum(p.numel() for p in raw.parameters())
+        print(f"sft.py | device {device} × {world_size} | {dtype} | {n_par / 1e6:.2f} M parameters | "
+              f"batch {cfg.global_batch} = {cfg.micro_batch} micro × {micro_steps} accum × {world_size} ranks | "
+              f"{len(train)} train samples {dict((k, sum(s.kind == k for s in train)) for k in mix)} | "
+              f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {time.time() - t0:.1f}s")
+
+    metrics = {"before": None}
+    if master and start == 0 and cfg.model != "tiny":
+        metrics["before"] = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+        print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
+    history = []
+    bar = tqdm(range(start, total), disable=not master, desc="sft", dynamic_ncols=True)
+    tok_count, t_last = 0, time.time()
+    for step in bar:
+        # the global batch for this step, identical on every rank; rank r takes its own slice
+        rng = np.random.default_rng([cfg.seed, step])
+        idx = rng.choice(len(train), cfg.global_batch, replace=False)
+        mine = [train[i] for i in idx[rank::world_size]]
+        batches = [mine[i * cfg.micro_batch:(i + 1) * cfg.micro_batch] for i in range(micro_steps)]
+        inputs = [collate(b, [frames(s) for s in b], proc, vocab) for b in batches]
+        n_tok = sum(int((x["labels"] != -100).sum()) for x in inputs)
+        n_glob = torch.tensor(float(n_tok))
+        if ddp:
+            dist.all_reduce(n_glob)
+        n_norm = n_glob.item() / world_size                           # DDP averages gradients over ranks
+        for g in opt.param_groups:
+            g["lr"] = g.setdefault("base_lr", g["lr"]) * lr_at(step, total, cfg.warmup)
+        loss_sum = 0.0
+        for i, x in enumerate(inputs):
+            x = {k: v.to(device) for k, v in x.items()}
+            if ddp:                                                 # sync gradients on the last micro-step only
+                wrapped.require_backward_grad_sync = i == len(inputs) - 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+                loss = response_loss(wrapped, x, n_norm)
+            loss.backward()
+            loss_sum += loss.item()
+        if ddp:                                                     # log the global loss, not rank 0's share
+            t = torch.tensor(loss_sum)
+            dist.all_reduce(t)
+            loss_sum = t.item() / world_size
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tok_count += sum(int(x["attention_mask"].sum()) for x in inputs)
+        history.append(loss_sum)
+        if master:
+            dt = time.time() - t_last
+            bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}",
+                            tok_s=f"{tok_count * world_size / max(dt, 1e-9):.0f}")
+        if master and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+            m = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens)
+            c = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens, shuffle=True)
+            bar.write(f"step {step + 1} (true / shuffled images): " +
+                      " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1")))
+        if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            os.makedirs(cfg.out, exist_ok=True)
+            save_resume(raw, opt, step + 1, cfg.out)
+    train_time = time.time() - t0
+
+    if master:
+        after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+        shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+        metrics.update({"after": after, "after_image_shuffle": shuffled, "loss_first": history[0] if history else None,
+                        "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
+                        "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})
+        print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
+        print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
+        save_checkpoint(raw, proc, fast, vocab, cfg.out, {
+            "metrics.json": metrics, "stage2.json": {"demos": os.path.abspath(cfg.demos), "episodes": stage2_eps},
+            "sft_config.json": asdict(cfg)})
+        print(f"wrote {cfg.out} ({train_time:.0f}s)")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_config())

@@ -1,0 +1,330 @@
+"""The VLA: a frozen backbone from any stage + a fresh DDPM action head, trained on demonstrations.
+
+Reads `--backbone DIR` (the pretrained tiny backbone, the SFT output or the GRPO output: the paper's ablation
+varies exactly this) and `--demos`; writes `--out DIR`: `head.safetensors`, `vla_config.json` (head config,
+backbone path, layer, prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --policy DIR`
+loads it through `Policy.load`.
+
+    python vla_train.py --backbone out/sft                       # ~2-3 min on 2 CPUs
+    python vla_train.py --backbone out/grpo --out out/vla_grpo
+    python vla_train.py --backbone out/sft --prompt reasoning    # the reasoning prompt instead of the instruction
+    torchrun --nproc_per_node 2 vla_train.py --backbone out/sft --steps 50
+
+What the head sees. The backbone reads the upright agentview frame (+ the wrist frame with --wrist) and a
+prompt — by default the instruction alone; with --prompt reasoning, the reasoning prompt RoboAlign trains
+with — in one forward pass: no text is generated at control time. The head cross-attends to the hidden states
+of every prompt token at layer `--layer` (default: the paper's relative depth, 18 of 28 → round(0.64·L); HF's
+hidden_states[k] is the output of decoder block k, [0] the embeddings) or, with --pooled, to the last token
+only (CogACT's one "cognition" token). Inputs: 8-D proprio (z-scored with the demos' mean/std); outputs:
+an H-step chunk of 7-D actions, quantile-normalised (q01..q99 → −1..1) and clipped to [−1, 1] for the DDPM.
+
+Feature caching. With the backbone frozen (the paper's setting) and in eval mode, its hidden states for a
+frame and prompt are a deterministic function of them: no dropout, no augmentation, weights never change.
+So they are computed once before training and the head trains on the cache — exactly the same gradients as
+recomputing them every step, at a fraction of the cost. --finetune-backbone turns caching off.
+
+Full-size recipe (paper: Qwen2.5-VL-7B backbone frozen, layer 18, a GR00T-N1.5-style head, 60 K steps,
+batch 32, 2× A100; GR00T's head is flow matching, this one is DDPM as the project brief asks):
+    torchrun --nproc_per_node 2 vla_train.py --backbone out/grpo --data path/to/libero --steps 60000 \\
+        --batch 32 --layer 18 --wrist
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from data.demos import DemoDataset, chunk_episode
+from data.prompts import reasoning_prompt
+from diffusion_head import DiffusionHead, HeadConfig
+from sft import load_backbone, setup_distributed
+
+
+def arg(default, help):                       # a dataclass field that carries its --help text
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    backbone: str = arg("out/sft", "backbone checkpoint dir: assets/tiny-vl, out/sft, out/grpo, or a Qwen2.5-VL dir")
+    demos: str = arg("out/demos", "demonstration dataset")
+    out: str = arg("out/vla", "output directory (head + config + metrics)")
+    horizon: int = arg(10, "action chunk length H")
+    layer: int = arg(-1, "backbone hidden-state index (-1: round(18/28 · decoder layers), the paper's depth)")
+    prompt: str = arg("instruction", "what the backbone reads besides the image: instruction | reasoning")
+    wrist: bool = arg(False, "also feed the wrist-camera frame to the backbone")
+    pooled: bool = arg(False, "condition on the last prompt token only (CogACT-style) instead of all tokens")
+    finetune_backbone: bool = arg(False, "train the backbone too (no feature cache; the paper freezes it)")
+    frame_stride: int = arg(2, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
+    steps: int = arg(1500, "optimizer steps")
+    batch: int = arg(64, "global batch (over ranks)")
+    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed with 3 % warm-up")
+    d_model: int = arg(128, "head width")
+    n_layers: int = arg(4, "head transformer blocks")
+    ddim_steps: int = arg(10, "DDIM steps at inference (100 training steps, squaredcos_cap_v2 schedule)")
+    val_every: int = arg(500, "validation every N steps (0: only at the end)")
+    resume: bool = arg(False, "continue from --out/resume if present")
+    seed: int = arg(0, "random seed (rank is added)")
+
+
+def parse_config(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Config):
+        kw = dict(default=f.default, help=f.metadata["help"])
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return Config(**vars(p.parse_args(argv)))
+
+
+# ----------------------------------------------------------------------------- normalisation
+def norm_stats(stats: dict) -> dict:
+    """Quantile range for actions (a zero-width dim, e.g. the expert's level wrist, keeps half-range 1) and
+    mean/std for proprio, as plain lists (they travel in vla_config.json)."""
+    q01, q99 = np.array(stats["actions"]["q01"]), np.array(stats["actions"]["q99"])
+    half = np.where(q99 - q01 > 1e-6, (q99 - q01) / 2, 1.0)
+    std = np.array(stats["state"]["std"])
+    return {"a_mid": ((q01 + q99) / 2).tolist(), "a_half": half.tolist(),
+            "s_mean": stats["state"]["mean"], "s_std": np.where(std > 1e-6, std, 1.0).tolist()}
+
+
+def normalize_actions(a, ns):
+    return np.clip((a - np.array(ns["a_mid"])) / np.array(ns["a_half"]), -1, 1).astype(np.float32)
+
+
+def unnormalize_actions(a, ns):
+    return a * np.array(ns["a_half"]) + np.array(ns["a_mid"])
+
+
+def normalize_state(s, ns):
+    return ((s - np.array(ns["s_mean"])) / np.array(ns["s_std"])).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- backbone features
+def vla_prompt(instruction: str, mode: str) -> str:
+    if mode not in ("instruction", "reasoning"):
+        raise SystemExit(f"vla_train.py: --prompt {mode!r}: expected instruction or reasoning")
+    return reasoning_prompt(instruction) if mode == "reasoning" else instruction
+
+
+def encode(model, proc, images, wrists, texts, layer: int, device, grad: bool = False):
+    """One backbone forward → (hidden states at `layer` [B, L, C], mask [B, L] bool). Prompts are left-padded;
+    the mask marks real tokens (image tokens included: the head may attend to them directly)."""
+    content = [{"type": "image"}] + ([{"type": "image"}] if wrists is not None else [])
+    msgs = [[{"role": "user", "content": content + [{"type": "text", "text": t}]}] for t in texts]
+    text = [proc.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in msgs]
+    imgs = [im for i in range(len(texts)) for im in ([images[i]] + ([wrists[i]] if wrists is not None else []))]
+    x = proc(text=text, images=imgs, return_tensors="pt", padding=True)
+    x = {k: v.to(device) for k, v in x.items()}
+    with torch.set_grad_enabled(grad):
+        out = model(**x, output_hidden_states=True)
+    return out.hidden_states[layer], x["attention_mask"].bool()
+
+
+def default_layer(model) -> int:
+    return max(1, round(18 / 28 * model.config.text_config.num_hidden_layers))
+
+
+class VLA(nn.Module):
+    """What DDP wraps: the head (and the backbone when it is finetuned). forward = the training loss."""
+
+    def __init__(self, head, backbone=None):
+        super().__init__()
+        self.head, self.backbone = head, backbone
+
+    def forward(self, actions, proprio, cond, cond_mask):
+        return self.head.loss(actions, proprio, cond.float(), cond_mask)
+
+
+# ----------------------------------------------------------------------------- data
+def build_data(ds: DemoDataset, split: str, cfg: Config, ns: dict):
+    """Per used frame: image (+ wrist), prompt, normalised proprio and normalised action chunk."""
+    rows = {"img": [], "wrist": [], "text": [], "proprio": [], "chunk": []}
+    keys = ["agentview_rgb", "state", "actions"] + (["eye_in_hand_rgb"] if cfg.wrist else [])
+    for e in ds.indices(split):
+        ep = ds.load(e, keys)
+        chunks = chunk_episode(ep["actions"], cfg.horizon)
+        for t in range(0, len(chunks), cfg.frame_stride):
+            rows["img"].append(ep["agentview_rgb"][t])
+            rows["wrist"].append(ep["eye_in_hand_rgb"][t] if cfg.wrist else None)
+            rows["text"].append(vla_prompt(ds.episodes[e]["language"], cfg.prompt))
+            rows["proprio"].append(normalize_state(ep["state"][t], ns))
+            rows["chunk"].append(normalize_actions(chunks[t], ns))
+    rows["proprio"], rows["chunk"] = torch.tensor(np.stack(rows["proprio"])), torch.tensor(np.stack(rows["chunk"]))
+    return rows
+
+
+@torch.no_grad()
+def cache_features(model, proc, rows, cfg: Config, layer, device, batch=32, desc="features"):
+    """Backbone features of every frame, left-padded to one length: cond [N, L, C] float32, mask [N, L].
+    (float32, not float16: training on the cache must equal training on fresh features, bit for bit.)"""
+    feats, masks = [], []
+    for i in tqdm(range(0, len(rows["text"]), batch), desc=desc, leave=False):
+        sl = slice(i, i + batch)
+        h, m = encode(model, proc, rows["img"][sl], rows["wrist"][sl] if cfg.wrist else None, rows["text"][sl], layer, device)
+        feats.append(h.float().cpu())
+        masks.append(m.cpu())
+    L = max(f.shape[1] for f in feats)
+    pad = lambda t, v: torch.cat([torch.full((t.shape[0], L - t.shape[1], *t.shape[2:]), v, dtype=t.dtype), t], 1)
+    return torch.cat([pad(f, 0) for f in feats]), torch.cat([pad(m, False) for m in masks])
+
+
+@torch.no_grad()
+def validate(head, cond, mask, proprio, chunk, ddim_steps, baseline, batch=256) -> dict:
+    """L1 (normalised units) of DDIM samples vs the demos' chunks, and of the mean-chunk baseline."""
+    head.eval()
+    l1 = []
+    g = torch.Generator().manual_seed(0)
+    for i in range(0, len(chunk), batch):
+        sl = slice(i, i + batch)
+        pred = head.sample(proprio[sl], cond[sl].float(), mask[sl], steps=ddim_steps, generator=g)
+        l1.append((pred - chunk[sl]).abs().mean(dim=(1, 2)))
+    head.train()
+    return {"val_l1": float(torch.cat(l1).mean()), "mean_action_l1": float((baseline - chunk).abs().mean())}
+
+
+# ----------------------------------------------------------------------------- the policy used by eval_libero.py
+class Policy:
+    """Observation → action chunk in env units: backbone forward + K-step DDIM + un-normalisation."""
+
+    def __init__(self, model, proc, head, vcfg: dict, device="cpu"):
+        self.model, self.proc, self.head, self.vcfg, self.device = model.eval(), proc, head.eval(), vcfg, device
+        self.image_size = vcfg["image_size"]
+        self.horizon = vcfg["head"]["horizon"]
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> "Policy":
+        cfg_path = os.path.join(path, "vla_config.json")
+        if not os.path.isfile(cfg_path):
+            raise SystemExit(f"vla_train.py: {path} is not a VLA checkpoint (expected vla_config.json)")
+        with open(cfg_path) as f:
+            vcfg = json.load(f)
+        backbone = vcfg["backbone"] if os.path.isabs(vcfg["backbone"]) else os.path.join(path, vcfg["backbone"])
+        model, proc, _, _ = load_backbone(backbone, need_actions=False)
+        head = DiffusionHead(HeadConfig(**vcfg["head"]))
+        head.load_state_dict(load_file(os.path.join(path, "head.safetensors")))
+        return cls(model.to(device), proc, head.to(device), vcfg, device)
+
+    @torch.no_grad()
+    def __call__(self, images, wrist_images, proprio, instructions, generator=None) -> np.ndarray:
+        c = self.vcfg
+        texts = [vla_prompt(t, c["prompt"]) for t in instructions]
+        cond, mask = encode(self.model, self.proc, list(images), list(wrist_images) if c["wrist"] else None,
+                            texts, c["layer"], self.device)
+        p = torch.tensor(normalize_state(np.asarray(proprio), c["norm"]), device=self.device)
+        a = self.head.sample(p, cond.float(), mask, steps=c["ddim_steps"], generator=generator).cpu().numpy()
+        a = unnormalize_actions(a, c["norm"])
+        a[..., 6] = np.where(a[..., 6] >= 0, 1.0, -1.0)               # the gripper is binary in LIBERO
+        return a.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- training
+def main(cfg: Config) -> dict:
+    ddp, rank, world, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    t0 = time.time()
+    ds = DemoDataset(cfg.demos)
+    ns = norm_stats(ds.stats)
+    model, proc, _, _ = load_backbone(cfg.backbone, need_actions=False)
+    model.to(device).eval()
+    model.requires_grad_(cfg.finetune_backbone)
+    proc.tokenizer.padding_side = "left"
+    layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
+    if not 0 <= layer <= model.config.text_config.num_hidden_layers:
+        raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
+    if cfg.finetune_backbone:
+        raise SystemExit("vla_train.py: --finetune-backbone is not implemented yet in this version")
+
+    train, val = build_data(ds, "train", cfg, ns), build_data(ds, "val", cfg, ns)
+    if master:
+        print(f"vla_train.py | {len(train['text'])} train / {len(val['text'])} val frames | backbone {cfg.backbone} "
+              f"layer {layer} | prompt: {cfg.prompt}{' + wrist' if cfg.wrist else ''}")
+    # every rank caches only its shard of the training frames (the backbone forward is the expensive part)
+    mine = np.arange(rank, len(train["text"]), world)
+    sub = {k: [v[i] for i in mine] if isinstance(v, list) else v[mine] for k, v in train.items()}
+    cond, mask = cache_features(model, proc, sub, cfg, layer, device, desc="train features")
+    vcond, vmask = cache_features(model, proc, val, cfg, layer, device, desc="val features") if master else (None, None)
+    t_feat = time.time() - t0
+
+    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond.shape[-1],
+                      d_model=cfg.d_model, n_layers=cfg.n_layers, pooled=cfg.pooled)
+    torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
+    head = DiffusionHead(hcfg).to(device)
+    vla = VLA(head)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    start = 0
+    if cfg.resume and os.path.isdir(os.path.join(cfg.out, "resume")):
+        head.load_state_dict(load_file(os.path.join(cfg.out, "resume", "head.safetensors")))
+        start = json.load(open(os.path.join(cfg.out, "resume", "step.json")))["step"]
+    wrapped = nn.parallel.DistributedDataParallel(vla) if ddp else vla
+    if master:
+        n = sum(p.numel() for p in head.parameters())
+        print(f"device {device} × {world} | fp32 | head {n / 1e6:.2f} M parameters | batch {cfg.batch} = "
+              f"{cfg.batch // world} × {world} ranks | features {tuple(cond.shape)} in {t_feat:.0f}s")
+    per_rank = cfg.batch // world
+    baseline = train["chunk"].mean(0, keepdim=True)                  # the mean-action baseline [1, H, 7]
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    warm = max(1, int(0.03 * cfg.steps))
+    bar = tqdm(range(start, cfg.steps), disable=not master, desc="vla", dynamic_ncols=True)
+    history, metrics = [], {}
+    for step in bar:
+        lr = cfg.lr * ((step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, cfg.steps - warm))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = torch.randint(0, len(mine), (per_rank,), generator=gen)
+        loss = wrapped(sub["chunk"][idx].to(device), sub["proprio"][idx].to(device), cond[idx].to(device), mask[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        opt.step()
+        history.append(loss.item())
+        if master:
+            bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}", lr=f"{lr:.1e}")
+            if cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
+                m = validate(head, vcond, vmask, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
+                bar.write(f"step {step + 1}: val L1 {m['val_l1']:.4f} (mean-action baseline {m['mean_action_l1']:.4f})")
+    if master:
+        metrics = validate(head, vcond, vmask, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
+        with torch.no_grad():                                        # denoising loss on held-out frames
+            g = torch.Generator().manual_seed(1)
+            metrics["val_loss"] = float(np.mean([head.loss(val["chunk"][i:i + 256], val["proprio"][i:i + 256],
+                                                           vcond[i:i + 256].float(), vmask[i:i + 256], generator=g).item()
+                                                 for i in range(0, len(val["chunk"]), 256)]))
+        metrics.update({"train_loss": float(np.mean(history[-50:])), "loss_history": history[::10], "steps": cfg.steps,
+                        "seconds": round(time.time() - t0, 1), "feature_seconds": round(t_feat, 1), "layer": layer,
+                        "train_frames": len(train["text"]), "val_frames": len(val["text"]), "config": asdict(cfg)})
+        print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
+              f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s")
+        vcfg = {"backbone": os.path.abspath(cfg.backbone), "layer": layer, "prompt": cfg.prompt, "wrist": cfg.wrist,
+                "image_size": int(ds.meta["image_size"]), "ddim_steps": cfg.ddim_steps, "head": asdict(hcfg), "norm": ns}
+        tmp = cfg.out.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        save_file(head.state_dict(), os.path.join(tmp, "head.safetensors"))
+        for name, obj in {"vla_config.json": vcfg, "metrics.json": metrics}.items():
+            with open(os.path.join(tmp, name), "w") as f:
+                json.dump(obj, f, indent=1)
+        shutil.rmtree(cfg.out, ignore_errors=True)
+        os.replace(tmp, cfg.out)
+        print(f"wrote {cfg.out}")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_config())
