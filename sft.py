@@ -55,7 +55,6 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from data import prompts
 from data.demos import DemoDataset, chunk_episode
-from data.mini_libero import suite_name  # noqa: F401  (keeps data.* importable the same way everywhere)
 from data.world import Body, World
 from fast_tokenizer import FastTokenizer
 
@@ -466,7 +465,8 @@ def split_episodes(ds: DemoDataset, stage2_frac: float, seed: int):
     train = ds.indices("train")
     rng = np.random.default_rng(seed)
     stage2 = sorted(rng.choice(train, int(round(stage2_frac * len(train))), replace=False).tolist()) if stage2_frac > 0 else []
-    return [e for e in train if e not in set(stage2)], stage2, ds.indices("val")
+    keep = set(train) - set(stage2)
+    return [e for e in train if e in keep], stage2, ds.indices("val")
 
 
 def load_fast(cfg: Config, model_fast):
@@ -541,9 +541,9 @@ def main(cfg: Config) -> dict:
     master = rank == 0
     mix = parse_mix(cfg.mix)
     ds = DemoDataset(cfg.demos)
+    train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
     if cfg.model == "tiny":
         fast = load_fast(cfg, None)
-        train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
         corpus_samples = build_samples(ds, train_eps[:: max(1, len(train_eps) // 60)],
                                        fast, {k: 1 for k in KINDS}, cfg.seed)
         corpus = [s.prompt for s in corpus_samples] + [s.answer for s in corpus_samples] + \
@@ -557,7 +557,6 @@ def main(cfg: Config) -> dict:
             vocab = add_action_vocab(model, proc.tokenizer, fast.vocab_size)
         elif vocab["n_actions"] != fast.vocab_size:
             raise SystemExit(f"sft.py: the checkpoint has {vocab['n_actions']} action tokens, the FAST tokenizer {fast.vocab_size}")
-        train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
     proc.tokenizer.padding_side = "left"
     model.to(device)
     if cfg.freeze_vision:

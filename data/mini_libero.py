@@ -30,7 +30,6 @@ import numpy as np
 from data.expert import Expert
 from data.render import Renderer
 from data.scenes import MAX_STEPS, N_INIT_STATES, SUITES, Task, suite_tasks
-from data.world import World
 
 SUITE_ALIASES = {"libero_spatial": "spatial", "libero_object": "object", "libero_goal": "goal",
                  "libero_10": "long", "libero_long": "long"}

@@ -97,13 +97,16 @@ def reasoning(world: World, phase: str, chunk: np.ndarray, rng: np.random.Genera
     move = direction_words(signs)
     f = focus_body(world, phase)
     holding = f"I am holding {label(world.bodies[world.held])}. " if world.held >= 0 else ""
-    where = f"{label(world.bodies[f]).capitalize()} is in the {image_cell(world, f)} of the image. " if f >= 0 else ""
+    # positions on the captions' 10×10 grid: the direction to move follows from the two
+    gripper = f"The gripper is at {grid_xy(world.eef_pos)}"
+    where = (f"{gripper} and {label(world.bodies[f])} is at "
+             f"{grid_xy(world.pos[f] + [0.0, 0.0, world.bodies[f].h / 2])}. ") if f >= 0 else f"{gripper}. "
     step = phase if phase not in ("start", "done") else "finish the task"
     grip = gripper_words(chunk, world.width)
-    templates = [
+    templates = [      # positions first, then the step, then the motion that follows from them
         f"{where}{holding}Now I should {step}, so I will move {move} and {grip}.",
-        f"{holding}{where}The next step is to {step}. I move the gripper {move}.",
-        f"To {step}, the gripper has to go {move}. {where}{holding}".strip(),
+        f"{where}{holding}The next step is to {step}. I move the gripper {move}.",
+        f"{where}{holding}To {step}, the gripper has to go {move}.",
         f"{where}I need to {step}: move {move}, {grip}.",
     ]
     return templates[int(rng.integers(len(templates)))]

@@ -336,7 +336,7 @@ def _long_scene(t: int, rng) -> tuple[World, list]:
         d = "bottom_drawer" if t == 3 else "top_drawer"
         return s.world(), [("pick_place", s.bodies[obj].name, d), ("close", d)]
     if t == 4:
-        left = s.add("left_plate", "plate", "white", (j(-0.22, -0.12), j(0.12, 0.22)), label="the left plate")
+        s.add("left_plate", "plate", "white", (j(-0.22, -0.12), j(0.12, 0.22)), label="the left plate")
         s.add("right_plate", "plate", "white", (j(0.12, 0.22), j(0.12, 0.22)), label="the right plate")
         s.add("white_mug", "mug", "white", s.free_xy(front, 0.1))
         s.add("yellow_and_white_mug", "mug", "yellow and white", s.free_xy(front, 0.1))
