@@ -413,9 +413,11 @@ def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: Fast
 
 
 @torch.no_grad()
-def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch=32, shuffle=False, seed=0):
-    """Greedy generation on held-out prompts → {kind/metric: [mean, lo, hi]}. shuffle=True permutes the images
-    across prompts: the control that tells whether the model reads its image (figures fall to chance)."""
+def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch=32, shuffle=False, seed=0,
+             per_prompt=False):
+    """Greedy generation on held-out prompts → {kind/metric: [mean, lo, hi]} (and, with per_prompt, the values
+    per prompt too). shuffle=True permutes the images across prompts: the control that tells whether the
+    model reads its image (figures fall to chance)."""
     model.eval()
     order = np.random.default_rng(seed).permutation(len(samples)) if shuffle else np.arange(len(samples))
     tok = proc.tokenizer
@@ -425,13 +427,15 @@ def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch
         sb = samples[b0:b0 + batch]
         inp = collate(sb, [frames(samples[order[b0 + i]]) for i in range(len(sb))], proc, vocab, with_answer=False)
         inp.pop("labels")
+        inp = {k: v.to(model.device) for k, v in inp.items()}
         out = model.generate(**inp, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=banned,
                              eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
         for s, g in zip(sb, out[:, inp["input_ids"].shape[1]:].tolist()):
             for k, v in score(s, g, tok.decode(g, skip_special_tokens=False), vocab, fast).items():
                 rows.setdefault(f"{s.kind}/{k}", []).append(v)
     model.train()
-    return {k: mean_ci(v) for k, v in rows.items()}
+    summary = {k: mean_ci(v) for k, v in rows.items()}
+    return (summary, rows) if per_prompt else summary
 
 
 # ----------------------------------------------------------------------------- training

@@ -122,7 +122,7 @@ def test_two_process_ddp_matches_one_process(demos_dir, fast_dir, tmp_path):
     common = ["--model", "tiny", "--demos", demos_dir, "--fast", fast_dir, "--steps", "3", "--global-batch", "8",
               "--eval-prompts", "2", "--max-new-tokens", "4", "--lr", "3e-3"]
     run("sft.py", *common, "--micro-batch", "4", "--out", str(tmp_path / "one"))
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "sft.py", *common,
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "sft.py", *common,
                         "--micro-batch", "2", "--out", str(tmp_path / "two")], cwd=ROOT, env=ENV,
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]

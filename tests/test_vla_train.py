@@ -73,7 +73,7 @@ def test_train_then_policy_outputs_env_actions(tiny_ckpt, demos_dir, tmp_path):
 
 
 def test_two_process_torchrun(tiny_ckpt, demos_dir, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "vla_train.py",
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "vla_train.py",
                         "--backbone", tiny_ckpt, "--demos", demos_dir, "--out", str(tmp_path / "v2"), "--steps", "3",
                         "--frame-stride", "20", "--val-every", "0", "--batch", "8", "--d-model", "32", "--n-layers", "1"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)

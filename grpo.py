@@ -1,0 +1,505 @@
+"""Stage 2 — GRPO: align the SFT model's reasoning with action accuracy (RoboAlign's contribution).
+
+Reads the Stage-1 checkpoint (`--init`, written by sft.py) and the demonstration episodes it reserved for this
+stage (its `stage2.json`); writes `--out DIR`: a checkpoint in sft.py's layout (so `sft.load_backbone`,
+vla_train.py and eval_libero.py load it), `metrics.json` (held-out figures before/after, the paired change, the
+image-shuffle control, config) and `metrics.jsonl` (one line per rollout round).
+
+    python grpo.py                                   # default: from out/sft, ~3.5 min on 2 CPUs (40 rounds + evaluation)
+    python grpo.py --lr 1e-5 --beta 0.01 --no-scale-std --loss-norm sequence --out out/grpo-ablation
+    torchrun --nproc_per_node 2 grpo.py --group 8    # DDP (gloo on CPU, nccl on GPU)
+
+One round: sample `--rollout-batch` prompts; for each draw `--group` G completions (KV-cache `generate`, one
+batched call; temperature `--temperature`, nucleus `--top-p`, top-k off, vision and chat-control tokens
+suppressed, stop at <|im_end|>); score each with the reward below; normalise rewards within each group into
+advantages; take `--mu` passes of clipped policy-gradient steps over the batch, `--update-batch` prompts per
+optimizer step. Every token of a completion shares its advantage.
+
+    r = w·r_f + (1 − w)·r_a        w = --format-weight; 0.5 gives the paper's (r_f + r_a)/2   (see reward())
+    A_i = (r_i − mean_g r) / (std_g r + 1e-4)            (--no-scale-std: r_i − mean, Dr. GRPO)
+    loss_t = −min(ρ_t A, clip(ρ_t, 1 − ε, 1 + ε_high) A) + β·k3_t,   ρ_t = π_θ(o_t|·) / π_old(o_t|·)
+    k3_t = exp(d) − d − 1,  d = log π_ref − log π_θ                 (DeepSeekMath's KL, in the loss)
+    loss = Σ_t loss_t / (completion tokens in the update batch, all ranks)   (--loss-norm token, DAPO/TRL)
+         or mean over completions of their per-token mean                     (--loss-norm sequence, DeepSeekMath)
+
+The loss value sits near 0 by construction (advantages are centred per group and ρ = 1 at μ = 1): watch the
+reward, r_a, the zero-spread fraction and the held-out figures, not the loss. Log-probs for ρ and KL come from one
+forward over prompt + completion with the same attention mask and M-RoPE positions as sampling, logits divided
+by the sampling temperature and the suppressed tokens masked, so scoring and sampling use the same policy
+(top-p < 1 is the one mismatch, as in TRL). With μ = 1 and one update per round π_old is the detached current
+policy: no extra forward pass.
+
+Defaults vs the paper (EasyR1: G 5, rollout 512, update 128, lr 1e-6 constant, 1 epoch over 12.8 K BridgeV2
+samples, KL 1e-2 low-var, temperature 1.0, top-p 0.99). Here G 8 (more spread per group on a small batch),
+8 prompts per round and per step, lr 3e-5, β 0 and 40 rounds: on a 4 M model trained from scratch a step of 1e-6
+moves nothing within minutes, while 3e-4 already destroys the policy (calibration-notes.md); 3e-5 raised the
+prefix ratio in a 2.5-min budget. β 0 (TRL's default) skips the reference copy: 40 small steps stay close
+to it anyway. Top-p 1.0 keeps ρ exact. The paper does not report lengths; answers here are 41-92 tokens.
+
+Full-size recipe (the paper's numbers, EasyR1's defaults where it is silent; 8× H200 ≈ 1 h in the paper;
+full-parameter RL on a 7B model also needs FSDP/ZeRO sharding, which this DDP-only file leaves out):
+    torchrun --nproc_per_node 8 grpo.py --init out/sft-7b --out out/grpo-7b --steps 0 --group 5 \\
+        --rollout-batch 512 --update-batch 128 --micro-batch 8 --lr 1e-6 --beta 0.01 --top-p 0.99 \\
+        --max-new-tokens 2048 --bf16 --grad-ckpt
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+from data.demos import DemoDataset
+from sft import (QWEN_SPECIALS, Frames, Sample, build_samples, collate, load_backbone, mean_ci,
+                 load_resume, parse_actions, prefix_ratio, save_checkpoint, save_resume, setup_distributed)
+from sft import evaluate as sft_evaluate
+
+
+def arg(default, help):                       # a dataclass field that carries its --help text
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    init: str = arg("out/sft", "Stage-1 checkpoint (sft.py --out); its stage2.json names the GRPO episodes")
+    out: str = arg("out/grpo", "output checkpoint directory")
+    demos: str = arg("", "demonstration dataset; '' = the one named in --init/stage2.json")
+    steps: int = arg(40, "rollout rounds (0: one epoch over the Stage-2 prompts, as the paper)")
+    rollout_batch: int = arg(8, "prompts per rollout round, all ranks together (paper 512)")
+    update_batch: int = arg(8, "prompts per optimizer step (paper 128): rollout/update steps per pass")
+    group: int = arg(8, "completions per prompt G (paper 5)")
+    micro_batch: int = arg(64, "completions per forward/backward pass on one rank")
+    mu: int = arg(1, "passes over each rollout batch (μ; 1 = on-policy, ρ ≡ 1 in value)")
+    lr: float = arg(3e-5, "constant learning rate (paper 1e-6 on the 7B model; see the docstring)")
+    weight_decay: float = arg(0.01, "AdamW weight decay (EasyR1 1e-2)")
+    grad_clip: float = arg(1.0, "max gradient norm (0: off; EasyR1 1.0)")
+    temperature: float = arg(1.0, "sampling temperature; scoring divides the logits by it too")
+    top_p: float = arg(1.0, "nucleus sampling (1.0: off; EasyR1 0.99); top-k is always off")
+    max_new_tokens: int = arg(96, "completion limit, rollouts and evaluation (answers here are 41-92 tokens)")
+    reward: str = arg("prefix", "r_a: 'prefix' (the paper's) or 'l1' (1 - clipped L1 of the decoded actions)")
+    format_weight: float = arg(0.5, "w in r = w·r_f + (1 - w)·r_a (0.5: the paper's mean)")
+    strict_length: bool = arg(False, "prefix r_a divides by max(target, generated) length: extra tokens cost reward")
+    scale_std: bool = arg(True, "divide advantages by the group's std (--no-scale-std: Dr. GRPO)")
+    clip_eps: float = arg(0.2, "PPO clip ε (lower side, and upper unless --clip-eps-high)")
+    clip_eps_high: float = arg(0.0, "upper clip ε (0: = --clip-eps; DAPO uses 0.28)")
+    beta: float = arg(0.0, "k3 KL weight against the frozen --init model (0: no reference is loaded; EasyR1 1e-2)")
+    loss_norm: str = arg("token", "'token': Σ token losses / completion tokens of the update batch (DAPO, TRL); "
+                                  "'sequence': per-completion mean, then mean over completions (DeepSeekMath)")
+    eval: bool = arg(True, "held-out evaluation before and after (--no-eval for smoke runs)")
+    eval_prompts: int = arg(128, "held-out reasoning prompts (the val split, chosen as sft.py chooses them)")
+    sample_every: int = arg(10, "print one sampled completion in full every N rounds (0: never)")
+    save_every: int = arg(0, "write a resumable state every N rounds (0: only the final checkpoint)")
+    resume: bool = arg(False, "continue from --out/resume if present")
+    bf16: bool = arg(False, "bfloat16 autocast (GPU); CPU runs stay fp32")
+    grad_ckpt: bool = arg(False, "gradient checkpointing for the training forward (sampling keeps its KV cache)")
+    trust_remote_code: bool = arg(False, "allow a hub checkpoint's own code")
+    seed: int = arg(0, "random seed (rank is added)")
+
+
+def parse_config(argv=None) -> Config:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(Config):
+        kw = dict(default=f.default, help=f.metadata["help"])
+        if isinstance(f.default, bool):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(f.default)
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return Config(**vars(p.parse_args(argv)))
+
+
+def check(cfg: Config, world: int) -> None:
+    bad = [(cfg.reward not in ("prefix", "l1"), f"--reward {cfg.reward!r}: choose prefix or l1"),
+           (cfg.loss_norm not in ("token", "sequence"), f"--loss-norm {cfg.loss_norm!r}: choose token or sequence"),
+           (cfg.group < 2, "--group must be ≥ 2 (advantages need a spread within the group)"),
+           (cfg.update_batch < 1 or cfg.rollout_batch % cfg.update_batch, "--rollout-batch must be a multiple of --update-batch"),
+           (cfg.update_batch % world, f"--update-batch {cfg.update_batch} must be a multiple of the {world} ranks"),
+           (not 0 <= cfg.format_weight <= 1, "--format-weight must lie in [0, 1]"),
+           (cfg.temperature <= 0 or not 0 < cfg.top_p <= 1, "--temperature must be > 0 and --top-p in (0, 1]"),
+           (min(cfg.mu, cfg.micro_batch, cfg.max_new_tokens, cfg.rollout_batch) < 1 or cfg.steps < 0,
+            "--mu, --micro-batch, --max-new-tokens, --rollout-batch must be ≥ 1 and --steps ≥ 0"),
+           (os.path.abspath(cfg.init) == os.path.abspath(cfg.out), "--out must differ from --init")]
+    for failed, msg in bad:
+        if failed:
+            raise SystemExit(f"grpo.py: {msg}")
+
+
+# ----------------------------------------------------------------------------- reward
+FORMAT_RE = re.compile(r"<think>(?:(?!</?think>|</?answer>).)+</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>", re.S)
+
+
+def reward(ids: list[int], text: str, finished: bool, target: list[int], vocab: dict, fast=None,
+           kind: str = "prefix", format_weight: float = 0.5, strict_length: bool = False) -> tuple[float, float, float]:
+    """(r, r_f, r_a) for one completion; never raises. `ids`: the completion's token ids before its first
+    <|im_end|>; `text`: those ids decoded with special tokens kept; `finished`: <|im_end|> was generated;
+    `target`: the demonstration chunk's FAST ids. r = w·r_f + (1 − w)·r_a.
+
+    r_f ∈ {0, 1}: 1 iff the completion stopped by itself and its text is exactly <think>T</think><answer>A</answer>
+      (whitespace allowed between the two blocks, as EasyR1's check), T non-empty, no think/answer tag inside
+      T or A, nothing before or after. A truncated completion scores r_f = 0.
+    r_a is computed from token ids, never from re-tokenised text, and whatever r_f is (as EasyR1's scorer):
+      * the action block is the ids strictly between <ACTION_START> and <ACTION_END>. Missing marker, markers in
+        the wrong order, or a duplicated marker (more than one of either) → r_a = 0. Any non-action id inside the
+        block (a parse failure) → r_a = 0. An empty block → r_a = 0.
+      * 'prefix' (the paper): L = length of the longest common prefix of block and target; first token wrong →
+        L = 0 → r_a = 0. L ≤ len(block), so a block shorter than the target earns at most len(block)/m.
+        r_a = L/m (m = target length): extra tokens after a full match still earn 1, as the paper's formula
+        says; strict_length divides by max(m, len(block)) instead, so every extra token costs reward.
+      * 'l1': 1 − min(1, mean |a − â|) of the decoded chunks in normalised units (FastTokenizer.normalize:
+        q01..q99 → −1..1; the L1 sft.evaluate reports), the block decoded relaxed (padded/truncated).
+    """
+    r_f = float(finished and FORMAT_RE.fullmatch(text) is not None)
+    s, e = vocab["action_start"], vocab["action_end"]
+    block = parse_actions(ids, vocab) if ids.count(s) == 1 and ids.count(e) == 1 else None
+    r_a = 0.0
+    if block and kind == "prefix":
+        r_a = prefix_ratio(block, target) * (len(target) / max(len(target), len(block)) if strict_length else 1.0)
+    elif block and kind == "l1":
+        (dec, tgt), _ = fast.decode([block, target], relaxed=True)
+        r_a = 1.0 - min(1.0, float(np.abs(fast.normalize(dec) - fast.normalize(tgt)).mean()))
+    return format_weight * r_f + (1 - format_weight) * r_a, r_f, r_a
+
+
+# ----------------------------------------------------------------------------- advantages and loss
+def group_advantages(r: torch.Tensor, scale_std: bool = True, eps: float = 1e-4):
+    """r [n, G] rewards, one row per prompt → (A [n, G], zero_spread [n] bool). A = r − mean of its group,
+    divided by the group's std (Bessel-corrected, as TRL) + eps unless scale_std is off (Dr. GRPO). A group
+    whose rewards are all equal gets A = 0 exactly: it carries no learning signal (counted and logged)."""
+    a = r - r.mean(1, keepdim=True)
+    if scale_std:
+        a = a / (r.std(1, keepdim=True) + eps)
+    flat = (r.max(1).values - r.min(1).values) < 1e-6
+    return a.masked_fill(flat[:, None], 0.0), flat
+
+
+def k3(ref_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π_θ ‖ π_ref) estimate exp(d) − d − 1, d = log π_ref − log π_θ: unbiased, ≥ 0, 0 iff equal."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def grpo_loss(logp, old_logp, adv, mask, n_norm: float, eps_low=0.2, eps_high=0.2, ref_logp=None, beta=0.0,
+              norm="token"):
+    """logp, old_logp, ref_logp [N, C] per-token log-probs; adv [N]; mask [N, C] bool (completion up to and
+    including its first EOS). Returns (loss, clipped [N, C] bool). n_norm: 'token' → the update batch's masked
+    tokens over all ranks / world size; 'sequence' → its completions / world size. DDP averages gradients over
+    ranks, so the result is the gradient of the global token (or completion) mean."""
+    ratio = torch.exp(logp - old_logp)                                        # [N, C], ≡ 1 in value when on-policy
+    a = adv[:, None]
+    per_tok = -torch.minimum(ratio * a, ratio.clamp(1 - eps_low, 1 + eps_high) * a)
+    if beta:
+        per_tok = per_tok + beta * k3(ref_logp, logp)
+    per_tok = torch.where(mask, per_tok, 0.0)                                 # nothing after the first EOS
+    if norm == "token":
+        loss = per_tok.sum() / n_norm
+    else:
+        loss = (per_tok.sum(1) / mask.sum(1).clamp(min=1)).sum() / n_norm
+    clipped = mask & (((ratio < 1 - eps_low) & (a < 0)) | ((ratio > 1 + eps_high) & (a > 0)))
+    return loss, clipped
+
+
+# ----------------------------------------------------------------------------- rollouts and scoring
+NEG = -1e4                                     # logit of a suppressed token: exp() is 0, and no inf − inf = nan
+
+
+def suppressed_ids(tok, model) -> list[int]:
+    """Never sampled: Qwen's chat-control and vision tokens (a sampled <|image_pad|> breaks the next forward)
+    and embedding rows past the tokenizer. <|im_end|> stays: it is the EOS."""
+    ids = tok.convert_tokens_to_ids([t for t in QWEN_SPECIALS if t != "<|im_end|>"])
+    return sorted(set(ids) | set(range(len(tok), model.config.text_config.vocab_size)))
+
+
+def repeat_group(inp: dict, G: int) -> dict:
+    """Each prompt G times, adjacent (rows iG..iG+G−1 are prompt i's group). pixel_values [Σ patches, d] is
+    repeated per image; patch_off [N + 1] marks where each row's patches start."""
+    n_patch = inp["image_grid_thw"].prod(-1)                                  # [n] patches per image
+    pix = torch.cat([p for p in inp["pixel_values"].split(n_patch.tolist()) for _ in range(G)])
+    out = {k: inp[k].repeat_interleave(G, 0) for k in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw")}
+    out["pixel_values"] = pix
+    out["patch_off"] = torch.cat([torch.zeros(1, dtype=torch.long), n_patch.repeat_interleave(G).cumsum(0)])
+    return out
+
+
+def completion_mask(completion: torch.Tensor, eos: int) -> torch.Tensor:
+    """[N, C] bool: True up to and including the first EOS, False after it (generate pads finished rows)."""
+    is_eos = (completion == eos).long()
+    return (is_eos.cumsum(1) - is_eos) == 0
+
+
+def scoring_inputs(batch: dict, completion, mask, a: int, b: int) -> dict:
+    """Model inputs for rows a..b: the left-padded prompt, then the completion. The attention mask covers the
+    completion up to its first EOS (so M-RoPE positions, computed from the mask, match sampling); no
+    completion token is an image token."""
+    b = min(b, len(completion))
+    c, off = completion[a:b], batch["patch_off"]
+    return {"input_ids": torch.cat([batch["input_ids"][a:b], c], 1),
+            "attention_mask": torch.cat([batch["attention_mask"][a:b], mask[a:b].long()], 1),
+            "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"][a:b], torch.zeros_like(c, dtype=torch.int)], 1),
+            "pixel_values": batch["pixel_values"][off[a]:off[b]], "image_grid_thw": batch["image_grid_thw"][a:b]}
+
+
+def token_logprobs(model, inputs: dict, C: int, temperature: float, banned: list[int]):
+    """(logp [N, C], entropy [N, C] no grad) of the last C tokens (the completion) given everything before them.
+    logits / temperature and the suppressed tokens at NEG: the distribution they were sampled from. Positions
+    after the first EOS get logp 0 (and are masked everywhere downstream)."""
+    comp, mask = inputs["input_ids"][:, -C:], inputs["attention_mask"][:, -C:].bool()
+    logits = model(**inputs, use_cache=False, logits_to_keep=C + 1).logits[:, :-1].float() / temperature  # [N, C, V]
+    logits = logits.index_fill(-1, torch.tensor(banned, device=logits.device), NEG)
+    logp_all = logits.log_softmax(-1)
+    logp = logp_all.gather(-1, comp[..., None]).squeeze(-1)                   # [N, C]
+    with torch.no_grad():
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+    return torch.where(mask, logp, 0.0), ent
+
+
+@torch.no_grad()
+def sample(model, batch: dict, gen: GenerationConfig) -> torch.Tensor:
+    """KV-cache sampling for every row of the batch in one call → completion ids [N, C], padded after EOS."""
+    keys = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw")
+    out = model.generate(**{k: batch[k] for k in keys}, generation_config=gen)
+    return out[:, batch["input_ids"].shape[1]:]
+
+
+def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, cfg: Config) -> torch.Tensor:
+    """[N, 3] (r, r_f, r_a) per completion; row i belongs to prompt group[i // G]."""
+    rows, eos = [], tok.convert_tokens_to_ids("<|im_end|>")
+    for i, (c, m) in enumerate(zip(completion.tolist(), mask.sum(1).tolist())):
+        finished = c[m - 1] == eos                                             # m ≥ 1: the mask ends at the EOS or at C
+        ids = c[:m - 1] if finished else c                                     # before the first EOS
+        rows.append(reward(ids, tok.decode(ids, skip_special_tokens=False), finished, group[i // cfg.group].actions,
+                           vocab, fast, cfg.reward, cfg.format_weight, cfg.strict_length))
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(), world_size: int = 1):
+    """GRPO on this rank's rows of one rollout batch: π_old and π_ref log-probs of the sampled tokens first (no
+    grad, not loss-bearing), then μ passes of rollout/update optimizer steps. `policy` is the DDP wrapper under
+    torchrun: every loss-bearing forward goes through it. Returns [Σ entropy, Σ KL, Σ clipped, Σ loss, Σ tokens,
+    Σ grad norm] over all steps."""
+    raw = getattr(policy, "module", policy)
+    ddp, (N, C), dev = raw is not policy, completion.shape, completion.device
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
+    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass
+    on_policy = cfg.mu == 1 and updates == 1                        # π_old = detached π_θ: no extra forward
+    old_lp, ref_lp = torch.zeros(N, C, device=dev), torch.zeros(N, C, device=dev)
+    with torch.no_grad(), torch.autocast(**amp):
+        for a in range(0, N, cfg.micro_batch) if not on_policy or ref is not None else []:
+            x = scoring_inputs(batch, completion, mask, a, a + cfg.micro_batch)
+            if not on_policy:
+                old_lp[a:a + cfg.micro_batch] = token_logprobs(raw, x, C, cfg.temperature, banned)[0]
+            if ref is not None:
+                ref_lp[a:a + cfg.micro_batch] = token_logprobs(ref, x, C, cfg.temperature, banned)[0]
+    per_update, acc = N // updates, torch.zeros(6, device=dev)
+    for _ in range(cfg.mu):
+        for u in range(updates):
+            lo, hi = u * per_update, (u + 1) * per_update
+            n_norm = torch.tensor(float(mask[lo:hi].sum() if cfg.loss_norm == "token" else hi - lo), device=dev)
+            if ddp:
+                dist.all_reduce(n_norm)                              # the normaliser counts every rank's rows
+            n_norm = max(n_norm.item(), 1.0) / world_size            # DDP then averages the gradients over ranks
+            starts = list(range(lo, hi, cfg.micro_batch))
+            for j, a in enumerate(starts):
+                b = min(a + cfg.micro_batch, hi)
+                if ddp:                                              # sync gradients on the last micro-step only
+                    policy.require_backward_grad_sync = j == len(starts) - 1
+                with torch.autocast(**amp):
+                    logp, ent = token_logprobs(policy, scoring_inputs(batch, completion, mask, a, b), C, cfg.temperature, banned)
+                loss, clipped = grpo_loss(logp, logp.detach() if on_policy else old_lp[a:b], adv[a:b], mask[a:b], n_norm,
+                                          cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps, ref_lp[a:b], cfg.beta, cfg.loss_norm)
+                loss.backward()
+                m, kl = mask[a:b], k3(ref_lp[a:b], logp.detach()) if ref is not None else torch.zeros_like(logp)
+                acc[:5] += torch.stack([ent[m].sum(), kl[m].sum(), clipped.sum().float(), loss.detach(), m.sum().float()])
+            acc[5] += torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    return acc
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(*args, **kwargs):
+    """sft.evaluate with the per-prompt values as well ({kind/metric: [mean, lo, hi]}, {kind/metric: values}):
+    the same prompts and figures as sft.py, plus what the paired before/after interval needs."""
+    return sft_evaluate(*args, per_prompt=True, **kwargs)
+
+
+def round_prompts(n: int, B: int, k: int, seed: int) -> np.ndarray:
+    """Prompt indices of round k: consecutive slices of one fresh permutation per epoch (no prompt repeats
+    within an epoch, as the paper's single pass over its RL set)."""
+    first, last = k * B // n, (k * B + B - 1) // n
+    order = np.concatenate([np.random.default_rng([seed, e]).permutation(n) for e in range(first, last + 1)])
+    return order[k * B - first * n:][:B]
+
+
+def write_jsonl(path: str, lines: list[dict]) -> None:
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(x) + "\n" for x in lines)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------- training
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    check(cfg, world_size)
+    st_path = os.path.join(cfg.init, "stage2.json")
+    if not os.path.isfile(st_path):
+        raise SystemExit(f"grpo.py: {cfg.init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
+    with open(st_path) as f:
+        stage2 = json.load(f)
+    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
+    tok = proc.tokenizer
+    tok.padding_side = "left"                                  # generation appends on the right
+    ds = DemoDataset(cfg.demos or stage2["demos"])
+    if not stage2["episodes"]:
+        raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
+    t0 = time.time()
+    prompts = build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, cfg.seed)    # reasoning → FAST only
+    val, val_eps = [], ds.indices("val")
+    if cfg.eval:
+        if not val_eps:
+            raise SystemExit(f"grpo.py: {ds.root} has no val episodes for the held-out evaluation (or pass --no-eval)")
+        vk = build_samples(ds, val_eps, fast, {"reason": 1.0}, 1)             # the prompts sft.py evaluates on
+        val = [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
+    frames = Frames(ds, sorted(set(stage2["episodes"]) | {s.episode for s in val}))
+
+    for m in model.modules():                    # no dropout: π_θ, π_old and π_ref must be deterministic
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attention_dropout"):
+            m.attention_dropout = 0.0
+    model.to(device)
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None   # frozen π_ref = --init
+    if cfg.grad_ckpt:
+        model.gradient_checkpointing_enable()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = load_resume(model, opt, cfg.out) if cfg.resume else 0
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)   # every parameter is used
+    else:
+        wrapped = model
+    raw = model                                                     # unwrapped handle: sampling, no-grad scoring, saving
+    G, banned, eos = cfg.group, suppressed_ids(tok, model), tok.convert_tokens_to_ids("<|im_end|>")
+    total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)
+    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass over a rollout batch
+    on_policy = cfg.mu == 1 and updates == 1
+    gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
+                           max_new_tokens=cfg.max_new_tokens, suppress_tokens=banned,
+                           eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
+    dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
+    if master:
+        print(f"grpo.py | device {device} × {world_size} | {dtype} | {sum(p.numel() for p in raw.parameters()) / 1e6:.2f} M "
+              f"parameters, all trained | round = {cfg.rollout_batch} prompts × G {G} = {cfg.rollout_batch * G} "
+              f"completions ({cfg.rollout_batch // world_size} prompts per rank) | {updates} optimizer step(s) of "
+              f"{cfg.update_batch} prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
+              f"π_old {'= detached π_θ (on-policy)' if on_policy else 'recomputed'} | reference "
+              f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
+              f"{len(stage2['episodes'])} episodes | {len(val)} held-out | data {time.time() - t0:.1f}s")
+
+    metrics, history, before_rows = {"before": None}, [], None
+    log_path, before_path = os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "resume", "before.json")
+    if master:
+        os.makedirs(cfg.out, exist_ok=True)
+        if start and os.path.isfile(log_path):                 # resume: keep the log up to the saved round
+            with open(log_path) as f:
+                history = [x for x in map(json.loads, filter(str.strip, f)) if x["round"] <= start]
+        if cfg.eval and start and os.path.isfile(before_path):
+            with open(before_path) as f:
+                metrics["before"], before_rows = json.load(f)
+        elif cfg.eval and not start:
+            metrics["before"], before_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
+        write_jsonl(log_path, history)
+    if ddp:
+        dist.barrier()                                        # the other ranks wait for rank 0's evaluation
+
+    bar = tqdm(range(start, total), disable=not master, desc="grpo", dynamic_ncols=True)
+    t_train = time.time()
+    for step in bar:
+        t_round, cpu_round = time.time(), time.process_time()
+        # 1. rollouts: this rank's share of the round's prompts, G completions each (the rank owns those groups)
+        mine = [prompts[i] for i in round_prompts(len(prompts), cfg.rollout_batch, step, cfg.seed)[rank::world_size]]
+        inp = collate(mine, [frames(s) for s in mine], proc, vocab, with_answer=False)
+        inp.pop("labels")
+        batch = {k: v.to(device) for k, v in repeat_group(inp, G).items()}    # N = len(mine)·G rows, prompt len P
+        raw.eval()
+        with torch.autocast(**autocast):
+            completion = sample(raw, batch, gen)                                # [N, C]
+        raw.train()
+        t_sample = time.time() - t_round
+        mask = completion_mask(completion, eos)                               # [N, C]
+        N, C = completion.shape
+
+        # 2. rewards and group-normalised advantages, computed where the group lives
+        R = score_completions(completion.cpu(), mask.cpu(), mine, tok, vocab, fast, cfg)      # [N, 3]
+        adv, flat = group_advantages(R[:, 0].view(-1, G), cfg.scale_std)
+        adv = adv.reshape(-1).to(device)                                       # [N]
+
+        # 3. π_old / π_ref log-probs, then μ passes of clipped policy-gradient steps (through the DDP wrapper)
+        acc = optimize(cfg, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
+
+        # 4. metrics, summed over ranks: every figure below is over the whole round
+        r = R[:, 0]
+        s = torch.tensor([float(x) for x in (r.sum(), (r ** 2).sum(), R[:, 1].sum(), R[:, 2].sum(), N, flat.sum(), len(flat),
+                          mask.sum(), (completion == eos).any(1).sum(), *acc.tolist())], device=device)
+        if ddp:
+            dist.all_reduce(s)
+        s = s.tolist()
+        n, tokens, n_steps = s[4], s[7], cfg.mu * updates * world_size   # every rank adds each step's figures
+        line = {"round": step + 1, "reward": s[0] / n, "reward_std": max(s[1] / n - (s[0] / n) ** 2, 0) ** 0.5,
+                "r_f": s[2] / n, "r_a": s[3] / n, "zero_spread": s[5] / s[6], "length": tokens / n,
+                "finished": s[8] / n, "entropy": s[9] / max(s[13], 1), "kl": s[10] / max(s[13], 1) if ref else None,
+                "clip_frac": s[11] / max(s[13], 1), "loss": s[12] / n_steps, "grad_norm": s[14] / n_steps,
+                "tok_s": tokens / (time.time() - t_round), "s_sample": t_sample, "s_round": time.time() - t_round,
+                "cpu_s_round": time.process_time() - cpu_round}         # CPU seconds: robust on a shared machine
+        if master:
+            history.append(line)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            bar.set_postfix(r=f"{line['reward']:.3f}", r_a=f"{line['r_a']:.3f}", r_f=f"{line['r_f']:.2f}",
+                            flat=f"{line['zero_spread']:.2f}", len=f"{line['length']:.0f}", tok_s=f"{line['tok_s']:.0f}")
+            if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+                c = completion[0, :int(mask[0].sum())].tolist()
+                bar.write(f"round {step + 1} sample (r {R[0, 0]:.2f}, r_f {R[0, 1]:.0f}, r_a {R[0, 2]:.2f}; target "
+                          f"{len(mine[0].actions)} action tokens): {mine[0].prompt!r}\n  → {tok.decode(c)}")
+        if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            save_resume(raw, opt, step + 1, cfg.out)
+            if before_rows is not None:
+                with open(before_path, "w") as f:
+                    json.dump([metrics["before"], before_rows], f)
+    train_time = time.time() - t_train
+
+    if master:
+        metrics.update({"rounds": total, "seconds": round(train_time, 1), "s_per_round": train_time / max(1, total - start),
+                        "config": asdict(cfg), "last": history[-1] if history else None})
+        if cfg.eval:
+            metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+            metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+            if before_rows is not None:                  # paired over the same held-out prompts
+                metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows}
+            for k in ("after", "after_image_shuffle", "change"):
+                if k in metrics:
+                    print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
+        save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
+                                                          "stage2.json": stage2})
+        write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
+        print(f"wrote {cfg.out} ({train_time:.0f}s of GRPO, {train_time / max(1, total - start):.2f} s/round)")
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return metrics
+
+
+if __name__ == "__main__":
+    main(parse_config())
