@@ -161,17 +161,16 @@ SHIPPED = os.path.join(ROOT, "assets", "tiny-vl")
 
 
 def test_shipped_backbone_reads_its_image(tmp_path):
-    """The backbone the pipeline starts from must use its image: held-out direction accuracy and prefix ratio
-    fall when images are shuffled across prompts (the grounding check of issue 4)."""
+    """The backbone the pipeline starts from must use its image: on held-out frames its scene captions place
+    objects far better with the true image than with images shuffled across prompts (95 % intervals apart)."""
     from data.demos import write_demos
     write_demos(str(tmp_path / "d"), ["spatial", "object"], per_task=1, size=128, workers=1)
     model, proc, fast, vocab = sft.load_backbone(SHIPPED)
     ds = DemoDataset(str(tmp_path / "d"))
-    samples = sft.build_samples(ds, list(range(len(ds))), fast, {"fast": 1.0}, 0)
-    samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))[:96]]
+    samples = sft.build_samples(ds, list(range(len(ds))), fast, {"caption": 1.0}, 0)
+    samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))[:48]]
     frames = sft.Frames(ds, range(len(ds)))
-    true = sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=64)
-    shuf = sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=64, shuffle=True)
-    assert true["fast/format"][0] > 0.9
-    assert true["fast/direction"][1] > shuf["fast/direction"][2]          # 95 % intervals do not overlap
-    assert true["fast/prefix"][0] > shuf["fast/prefix"][0]
+    true = sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96)["caption/accuracy"]
+    shuf = sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, shuffle=True)["caption/accuracy"]
+    assert true[1] > shuf[2], (true, shuf)
+    assert true[0] > 0.3
