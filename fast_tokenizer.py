@@ -77,14 +77,16 @@ class Config:
     seed: int = arg(0, "seed for --synthetic data")
 
 
-def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
+def parse_config(argv=None, cls=None, doc=None):
+    """Flags generated from a config dataclass (this file's Config by default; bench/bench_fast.py passes its own)."""
+    cls = cls or Config
+    p = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(cls):
         kw = dict(default=f.default, help=f.metadata["help"])
         if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
         else: kw["type"] = type(f.default)
         p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return cls(**vars(p.parse_args(argv)))
 
 
 # ----------------------------------------------------------------------------- DCT

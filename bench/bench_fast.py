@@ -21,12 +21,11 @@ with requirements.txt):
     python bench/bench_fast.py                       # demos in out/demos, T=16 and T=10: ~1 min
     python bench/bench_fast.py --synthetic --out /tmp/fast.md
 """
-import argparse
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -34,8 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fast_tokenizer as ft  # noqa: E402
 
 
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+arg = ft.arg
 
 
 @dataclass
@@ -52,13 +50,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
-        else: kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return ft.parse_config(argv, Config, __doc__)
 
 
 class ReferenceFAST:
