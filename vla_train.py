@@ -69,7 +69,7 @@ class Config:
     frame_stride: int = arg(2, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
     steps: int = arg(1500, "optimizer steps")
     batch: int = arg(64, "global batch (over ranks)")
-    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed with 3 % warm-up")
+    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
     d_model: int = arg(128, "head width")
     n_layers: int = arg(4, "head transformer blocks")
     ddim_steps: int = arg(10, "DDIM steps at inference (100 training steps, squaredcos_cap_v2 schedule)")
