@@ -139,11 +139,11 @@ def default_layer(model) -> int:
 
 
 class VLA(nn.Module):
-    """What DDP wraps: the head (and the backbone when it is finetuned). forward = the training loss."""
+    """What DDP wraps (the head; the backbone too once --finetune-backbone exists). forward = the training loss."""
 
-    def __init__(self, head, backbone=None):
+    def __init__(self, head):
         super().__init__()
-        self.head, self.backbone = head, backbone
+        self.head = head
 
     def forward(self, actions, proprio, cond, cond_mask):
         return self.head.loss(actions, proprio, cond.float(), cond_mask)

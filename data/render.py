@@ -49,7 +49,7 @@ class Mesh:
         ang = np.linspace(0, 2 * np.pi, N_SIDES, endpoint=False)
         v = [(cx + r * math.cos(a), cy + r * math.sin(a), z) for r, z in ((r0, z0), (r1, z1)) for a in ang]
         n = N_SIDES
-        faces = [list(range(2 * n - 1, n - 1, -1))[::-1]] + [[i, (i + 1) % n, n + (i + 1) % n, n + i] for i in range(n)]
+        faces = [list(range(n, 2 * n))] + [[i, (i + 1) % n, n + (i + 1) % n, n + i] for i in range(n)]
         self.add(v, faces, [top] + [side] * n, tag)
 
 

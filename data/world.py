@@ -124,7 +124,6 @@ class World:
         self.support = -np.ones(n, dtype=int) if self.support is None else self.support
         self.joint = np.zeros(n) if self.joint is None else self.joint
         self.index = {b.name: i for i, b in enumerate(self.bodies)}
-        self._drawer_rest = {}    # drawer index → its closed position, set by close_fixtures()
 
     # --------------------------------------------------------------------- flat state, LIBERO-style
     def state_size(self) -> int:
