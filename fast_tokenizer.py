@@ -6,14 +6,14 @@ An action chunk [T, D] becomes a short list of token ids in 0..vocab_size-1, and
     -> BPE over the integers (no pre-tokeniser, no bytes)
 Only numpy; independent of transformers (the MLLM stage maps these ids into its own vocabulary).
 
-Reads  the mini-LIBERO demos (python -m data.mini_libero demos --out out/demos), split "train" to
-       fit and split "val" to measure, through data.demos.DemoDataset.
+Reads  --data: the mini-LIBERO demos (python -m data.mini_libero demos --out out/demos), LIBERO HDF5
+       files or a LeRobot dataset (data.demos.open_dataset), split "train" to fit and "val" to measure.
 Writes OUT/fast_tokenizer.json  the tokenizer as one human-readable JSON (FastTokenizer.load)
        OUT/metrics.json         tokens per chunk, compression, reconstruction error, fit time
 
     python fast_tokenizer.py                                    # demos, T=10, vocab 1024: seconds on a CPU
     python fast_tokenizer.py --synthetic 20000 --out out/fast_synth   # no demos needed
-    python fast_tokenizer.py --demos DIR --vocab-size 2048      # full size / FAST+ vocab: 200k chunks
+    python fast_tokenizer.py --data DIR --vocab-size 2048       # full size / FAST+ vocab: 200k chunks
                                                                 # fit in ~12 s and ~2 GB on one core
     python bench/bench_fast.py                                  # vs a scipy + HF-tokenizers reference
 
@@ -65,14 +65,16 @@ def arg(default, help):                       # a dataclass field that carries i
 
 @dataclass
 class Config:
-    demos: str = arg("out/demos", "demonstrations to fit on (written by python -m data.mini_libero demos)")
+    data: str = arg("out/demos", "dataset to fit on: mini-LIBERO demos, LIBERO HDF5 files or a LeRobot dataset")
+    data_format: str = arg("auto", "format of --data: auto | mini | libero_hdf5 | lerobot")
+    drop_noops: bool = arg(False, "drop no-op steps from the demos (OpenVLA's filter)")
     out: str = arg("out/fast", "directory for fast_tokenizer.json and metrics.json")
     horizon: int = arg(10, "chunk length T in steps (the VLA's chunk: 10, as openpi's pi0_fast_libero)")
     vocab_size: int = arg(1024, "token ids incl. the integer alphabet (paper 1024; FAST+ 2048)")
     scale: float = arg(10.0, "DCT coefficients are multiplied by this before rounding")
     margin: int = arg(8, "integers added to each end of the fitted coefficient range")
     gripper_dim: int = arg(6, "binary gripper dimension: min/max range, snapped at decode (-1: none)")
-    synthetic: int = arg(0, "fit on this many synthetic chunks instead of --demos (0: use the demos)")
+    synthetic: int = arg(0, "fit on this many synthetic chunks instead of --data (0: use the dataset)")
     relaxed: bool = arg(False, "decode the truncated-sequence probe in metrics.json with relaxed decoding")
     seed: int = arg(0, "seed for --synthetic data")
 
@@ -433,14 +435,14 @@ def load_chunks(cfg: Config):
     if cfg.synthetic > 0:
         return synthetic_chunks(cfg.synthetic, cfg.horizon, cfg.seed), synthetic_chunks(max(cfg.synthetic // 10, 1), cfg.horizon, cfg.seed + 1)
     try:
-        from data.demos import DemoDataset
+        from data.demos import open_dataset
     except ImportError as e:
         raise SystemExit(f"fast_tokenizer.py: cannot import data.demos ({e}); run from the repo root or use --synthetic N")
-    ds = DemoDataset(cfg.demos)               # exits with a one-line message if the directory is bad
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)   # exits with a one-line message if the data is bad
     try:
         return ds.action_chunks(horizon=cfg.horizon, split="train"), ds.action_chunks(horizon=cfg.horizon, split="val")
     except ValueError as e:                   # e.g. a split without episodes
-        raise SystemExit(f"fast_tokenizer.py: {cfg.demos}: cannot make train and val chunks ({e})")
+        raise SystemExit(f"fast_tokenizer.py: {cfg.data}: cannot make train and val chunks ({e})")
 
 
 def main(cfg: Config):

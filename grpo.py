@@ -58,7 +58,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from data.demos import DemoDataset
+from data.demos import open_dataset
 from sft import (QWEN_SPECIALS, Frames, Sample, build_samples, collate, load_backbone, mean_ci,
                  load_resume, parse_actions, prefix_ratio, save_checkpoint, save_resume, setup_distributed)
 from sft import evaluate as sft_evaluate
@@ -72,7 +72,8 @@ def arg(default, help):                       # a dataclass field that carries i
 class Config:
     init: str = arg("out/sft", "Stage-1 checkpoint (sft.py --out); its stage2.json names the GRPO episodes")
     out: str = arg("out/grpo", "output checkpoint directory")
-    demos: str = arg("", "demonstration dataset; '' = the one named in --init/stage2.json")
+    data: str = arg("", "dataset; '' = the one named in --init/stage2.json (same format and no-op filtering)")
+    data_format: str = arg("auto", "format of --data: auto | mini | libero_hdf5 | lerobot")
     steps: int = arg(40, "rollout rounds (0: one epoch over the Stage-2 prompts, as the paper)")
     rollout_batch: int = arg(8, "prompts per rollout round, all ranks together (paper 512)")
     update_batch: int = arg(8, "prompts per optimizer step (paper 128): rollout/update steps per pass")
@@ -359,7 +360,9 @@ def main(cfg: Config) -> dict:
     model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
     tok = proc.tokenizer
     tok.padding_side = "left"                                  # generation appends on the right
-    ds = DemoDataset(cfg.demos or stage2["demos"])
+    data = cfg.data or stage2.get("data") or stage2.get("demos")     # "demos": checkpoints from before --data
+    ds = open_dataset(data, cfg.data_format if cfg.data else stage2.get("data_format", "auto"),
+                      stage2.get("drop_noops", False))
     if not stage2["episodes"]:
         raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
     t0 = time.time()

@@ -1,13 +1,15 @@
 """Stage 1 — supervised fine-tuning of a Qwen2.5-VL backbone that thinks in language and answers in FAST tokens.
 
-Reads a backbone (`--model`), the demonstrations (`--demos`) and a FAST tokenizer; writes `--out DIR`: a
-checkpoint `from_pretrained` loads (safetensors), the processor, `fast_tokenizer.json`, `action_vocab.json`,
-`stage2.json` (demo episodes reserved for GRPO) and `metrics.json`.
+Reads a backbone (`--model`), the demonstrations (`--data`: any format data.demos.open_dataset reads) and a FAST
+tokenizer; writes `--out DIR`: a checkpoint `from_pretrained` loads (safetensors), the processor,
+`fast_tokenizer.json`, `action_vocab.json`, `stage2.json` (demo episodes reserved for GRPO) and `metrics.json`.
 
 The vocabulary gains <ACTION_START>, <ACTION_END> and one token <act_i> per FAST id (new embedding rows start
 at the mean of the old ones, so a new token's logit starts at the average instead of a random extreme). The
 answer format is RoboAlign's:  <think>…</think><answer><ACTION_START><act_…>…<ACTION_END></answer>.
 Three data kinds, mixed by `--mix`: embodied VQA, reasoning → FAST, plain FAST generation (data/prompts.py).
+VQA and captions need mini-LIBERO's privileged world state; on real datasets (LIBERO HDF5, LeRobot, BridgeV2)
+those kinds are skipped with a note and the reasoning is built from the instruction, proprio and the chunk's motion.
 
     python sft.py                                     # default: from the shipped tiny backbone, ~4 min on 2 CPUs
     python sft.py --model tiny --mix vqa=0.6,fast=0.4 --steps 6000 --out assets/tiny-vl   # pretrain the backbone
@@ -54,7 +56,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from data import prompts
-from data.demos import DemoDataset, chunk_episode
+from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.world import Body, World
 from fast_tokenizer import FastTokenizer
 
@@ -66,7 +68,9 @@ def arg(default, help):                       # a dataclass field that carries i
 @dataclass
 class Config:
     model: str = arg("assets/tiny-vl", "backbone: 'tiny' (build one), a checkpoint dir, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
-    demos: str = arg("out/demos", "demonstration dataset (python -m data.mini_libero demos)")
+    data: str = arg("out/demos", "dataset: mini-LIBERO demos, LIBERO HDF5 files or a LeRobot dataset (README: datasets)")
+    data_format: str = arg("auto", "format of --data: auto | mini | libero_hdf5 | lerobot")
+    drop_noops: bool = arg(False, "drop no-op steps from the demos (OpenVLA's filter)")
     fast: str = arg("", "FAST tokenizer dir or json; '' = the one inside --model, else out/fast")
     out: str = arg("out/sft", "output checkpoint directory")
     mix: str = arg("caption=0.15,vqa=0.15,reason=0.5,fast=0.2", "data mixture: kind=weight for caption, vqa, reason, fast")
@@ -279,25 +283,32 @@ def task_worlds(ds: DemoDataset) -> dict:
 def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix: dict, seed: int) -> list[Sample]:
     """One sample per (episode, step); its kind drawn from the mixture."""
     rng = np.random.default_rng(seed)
-    worlds = task_worlds(ds)
+    privileged = ds.privileged                                # real datasets: no world state, reason/fast only
+    worlds = task_worlds(ds) if privileged else None
+    scale = None if privileged else prompts.motion_scale(ds.stats)
     kinds, p = list(mix), np.array(list(mix.values()), float) / sum(mix.values())
     out = []
     for e in episodes:
         rec = ds.episodes[e]
-        ep = ds.load(e, ["actions", "sim_state", "phase"])
+        ep = ds.load(e, ["actions", "sim_state", "phase"] if privileged else ["actions", "state"])
         chunks = chunk_episode(ep["actions"], fast.time_horizon)             # [T, H, 7]
         ids = fast.encode(chunks)
-        world, plan = worlds[(rec["suite"], rec["task_id"])]
+        world, plan = worlds[(rec["suite"], rec["task_id"])] if privileged else (None, None)
         for t in range(len(chunks)):
-            world.set_state(ep["sim_state"][t])
+            if privileged:
+                world.set_state(ep["sim_state"][t])
             kind = kinds[rng.choice(len(kinds), p=p)]
-            phase = str(ep["phase"][t])
+            phase = str(ep["phase"][t]) if privileged else ""
+            if not privileged and kind in ("vqa", "caption"):
+                raise ValueError(f"{kind} samples need mini-LIBERO's privileged world state (see usable_kinds)")
             if kind == "vqa":
                 q, a = prompts.vqa(world, rec["language"], plan, phase, chunks[t], rng)
             elif kind == "caption":
                 q, a = prompts.caption(world)
             elif kind == "reason":
-                q, a = prompts.reasoning_prompt(rec["language"]), prompts.reasoning_answer(world, phase, chunks[t], rng)
+                q = prompts.reasoning_prompt(rec["language"])
+                a = prompts.reasoning_answer(world, phase, chunks[t], rng) if privileged else \
+                    prompts.proprio_answer(rec["language"], ep["state"][t], chunks[t], scale, rng)
             else:
                 q, a = prompts.fast_prompt(rec["language"]), prompts.fast_answer()
             out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist()))
@@ -465,6 +476,23 @@ def parse_mix(s: str) -> dict:
     return mix
 
 
+PUBLIC_KINDS = ("reason", "fast")                # what a dataset without privileged state can give
+
+
+def usable_kinds(ds, mix: dict, eval_kinds: list, verbose: bool = True) -> tuple[dict, list]:
+    """Drop the kinds that need privileged world state (caption, vqa) when the dataset has none, with a note."""
+    if ds.privileged:
+        return mix, eval_kinds
+    dropped = sorted((set(mix) | set(eval_kinds)) - set(PUBLIC_KINDS))
+    if dropped and verbose:
+        print(f"note: {ds.root} has no privileged world state: skipping {', '.join(dropped)} samples "
+              f"(reason and fast only; reasoning from instruction, proprio and motion)")
+    mix = {k: v for k, v in mix.items() if k in PUBLIC_KINDS}
+    if not mix or sum(mix.values()) <= 0:
+        raise SystemExit(f"sft.py: --mix has no reason or fast weight, the only kinds {ds.root} supports")
+    return mix, [k for k in eval_kinds if k in PUBLIC_KINDS] or ["reason"]
+
+
 def split_episodes(ds: DemoDataset, stage2_frac: float, seed: int):
     train = ds.indices("train")
     rng = np.random.default_rng(seed)
@@ -544,12 +572,13 @@ def main(cfg: Config) -> dict:
     ddp, rank, world_size, device = setup_distributed(cfg.seed)
     master = rank == 0
     mix = parse_mix(cfg.mix)
-    ds = DemoDataset(cfg.demos)
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
+    mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
     train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
     if cfg.model == "tiny":
         fast = load_fast(cfg, None)
         corpus_samples = build_samples(ds, train_eps[:: max(1, len(train_eps) // 60)],
-                                       fast, {k: 1 for k in KINDS}, cfg.seed)
+                                       fast, {k: 1 for k in KINDS if k in PUBLIC_KINDS or ds.privileged}, cfg.seed)
         corpus = [s.prompt for s in corpus_samples] + [s.answer for s in corpus_samples] + \
                  ["You are a helpful assistant.", "system user assistant"] + [e["language"] for e in ds.episodes]
         torch.manual_seed(cfg.seed)                                 # identical initial weights on every rank
@@ -571,7 +600,7 @@ def main(cfg: Config) -> dict:
     t0 = time.time()
     train = build_samples(ds, train_eps, fast, mix, cfg.seed)
     val = []                                                        # eval_prompts held-out prompts per kind
-    for k in cfg.eval_kinds.split(","):
+    for k in eval_kinds:
         vk = build_samples(ds, val_eps, fast, {k: 1.0}, cfg.seed + 1)
         val += [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
     frames = Frames(ds, sorted(set(train_eps) | set(val_eps)))
@@ -664,7 +693,8 @@ def main(cfg: Config) -> dict:
         print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
         print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
         save_checkpoint(raw, proc, fast, vocab, cfg.out, {
-            "metrics.json": metrics, "stage2.json": {"demos": os.path.abspath(cfg.demos), "episodes": stage2_eps},
+            "metrics.json": metrics, "stage2.json": {"data": os.path.abspath(cfg.data), "data_format": cfg.data_format,
+                                           "drop_noops": cfg.drop_noops, "episodes": stage2_eps},
             "sft_config.json": asdict(cfg)})
         print(f"wrote {cfg.out} ({train_time:.0f}s)")
     if ddp:

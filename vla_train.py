@@ -1,9 +1,10 @@
 """The VLA: a frozen backbone from any stage + a fresh DDPM action head, trained on demonstrations.
 
 Reads `--backbone DIR` (the pretrained tiny backbone, the SFT output or the GRPO output: the paper's ablation
-varies exactly this) and `--demos`; writes `--out DIR`: `head.safetensors`, `vla_config.json` (head config,
-backbone path, layer, prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --policy DIR`
-loads it through `Policy.load`.
+varies exactly this) and `--data` (any format data.demos.open_dataset reads; the backbone's processor resizes
+frames of any size); writes `--out DIR`: `head.safetensors`, `vla_config.json` (head config, backbone path, layer,
+prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --policy DIR` loads it through
+`Policy.load`.
 
     python vla_train.py --backbone out/sft                       # ~2-3 min on 2 CPUs
     python vla_train.py --backbone out/grpo --out out/vla_grpo
@@ -45,7 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from data.demos import DemoDataset, chunk_episode
+from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.prompts import reasoning_prompt
 from diffusion_head import DiffusionHead, HeadConfig
 from sft import load_backbone, setup_distributed
@@ -58,7 +59,9 @@ def arg(default, help):                       # a dataclass field that carries i
 @dataclass
 class Config:
     backbone: str = arg("out/sft", "backbone checkpoint dir: assets/tiny-vl, out/sft, out/grpo, or a Qwen2.5-VL dir")
-    demos: str = arg("out/demos", "demonstration dataset")
+    data: str = arg("out/demos", "dataset: mini-LIBERO demos, LIBERO HDF5 files or a LeRobot dataset (README: datasets)")
+    data_format: str = arg("auto", "format of --data: auto | mini | libero_hdf5 | lerobot")
+    drop_noops: bool = arg(False, "drop no-op steps from the demos (OpenVLA's filter)")
     out: str = arg("out/vla", "output directory (head + config + metrics)")
     horizon: int = arg(10, "action chunk length H")
     layer: int = arg(-1, "backbone hidden-state index (-1: round(18/28 · decoder layers), the paper's depth)")
@@ -236,7 +239,7 @@ def main(cfg: Config) -> dict:
     ddp, rank, world, device = setup_distributed(cfg.seed)
     master = rank == 0
     t0 = time.time()
-    ds = DemoDataset(cfg.demos)
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     ns = norm_stats(ds.stats)
     model, proc, _, _ = load_backbone(cfg.backbone, need_actions=False)
     model.to(device).eval()

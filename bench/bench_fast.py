@@ -38,7 +38,7 @@ arg = ft.arg
 
 @dataclass
 class Config:
-    demos: str = arg("out/demos", "demonstrations (written by python -m data.mini_libero demos)")
+    data: str = arg("out/demos", "dataset (mini-LIBERO demos, LIBERO HDF5 or LeRobot; data.demos.open_dataset)")
     out: str = arg("bench/results/fast.md", "markdown file for the results table")
     horizons: str = arg("16,10", "comma-separated chunk lengths T")
     heldout: int = arg(20000, "held-out chunks to encode/decode")
@@ -112,8 +112,8 @@ def split_chunks(cfg, T):
     """(fit, held-out) raw chunks [N, T, 7]: whole episodes go to one side or the other."""
     if cfg.synthetic:
         return ft.synthetic_chunks(cfg.heldout, T, cfg.seed), ft.synthetic_chunks(cfg.heldout, T, cfg.seed + 1)
-    from data.demos import DemoDataset, chunk_episode
-    ds = DemoDataset(cfg.demos)
+    from data.demos import chunk_episode, open_dataset
+    ds = open_dataset(cfg.data)
     order = np.random.default_rng(cfg.seed).permutation(len(ds))
     held, fit, n_held = [], [], 0
     for i in order:
@@ -121,7 +121,7 @@ def split_chunks(cfg, T):
         if n_held < cfg.heldout: held.append(c); n_held += len(c)
         else: fit.append(c)
     if n_held < cfg.heldout or not fit:
-        raise SystemExit(f"bench_fast.py: {cfg.demos} has too few steps for {cfg.heldout} held-out chunks plus a fit set")
+        raise SystemExit(f"bench_fast.py: {cfg.data} has too few steps for {cfg.heldout} held-out chunks plus a fit set")
     return np.concatenate(fit).astype(np.float32), np.concatenate(held)[:cfg.heldout].astype(np.float32)
 
 
@@ -178,7 +178,7 @@ def machine():
 
 def report(cfg, results):
     src = (f"synthetic chunks (fast_tokenizer.synthetic_chunks), fit and held-out sets from seeds {cfg.seed} and "
-           f"{cfg.seed + 1}" if cfg.synthetic else f"mini-LIBERO demos in `{cfg.demos}`, all splits; episodes shuffled "
+           f"{cfg.seed + 1}" if cfg.synthetic else f"mini-LIBERO demos in `{cfg.data}`, all splits; episodes shuffled "
            f"(seed {cfg.seed}), whole episodes held out until {cfg.heldout} chunks (the demos' val split is smaller "
            f"than that), the remaining episodes are the fit set")
     L = ["# FAST tokenizer benchmark\n",

@@ -87,12 +87,13 @@ def trl_run(cfg: Config, out: str, seed: int) -> tuple[list, list, list]:
 
     import grpo
     import sft
-    from data.demos import DemoDataset
+    from data.demos import open_dataset
     model, proc, fast, vocab = sft.load_backbone(cfg.init)
     tok = proc.tokenizer
     with open(os.path.join(cfg.init, "stage2.json")) as f:
         stage2 = json.load(f)
-    ds = DemoDataset(stage2["demos"])
+    ds = open_dataset(stage2.get("data") or stage2["demos"], stage2.get("data_format", "auto"),
+                      stage2.get("drop_noops", False))
     prompts = sft.build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, 0)
     order = np.random.default_rng(seed).permutation(len(prompts))[: 8 * cfg.steps]
     frames = sft.Frames(ds, sorted({prompts[i].episode for i in order}))

@@ -13,19 +13,19 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.demos import DemoDataset  # noqa: E402
+from data.demos import open_dataset  # noqa: E402
 from vla_train import Policy  # noqa: E402
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default="out/vla", help="VLA checkpoint dir (vla_train.py --out)")
-    p.add_argument("--demos", default="out/demos", help="demos to draw real observations from")
+    p.add_argument("--data", default="out/demos", help="dataset to draw real observations from (any format open_dataset reads)")
     p.add_argument("--repeats", type=int, default=10, help="timed calls per batch size (median reported)")
     p.add_argument("--replan-steps", type=int, default=5, help="actions executed per policy call (eval_libero default)")
     args = p.parse_args()
     pol = Policy.load(args.policy)
-    ds = DemoDataset(args.demos)
+    ds = open_dataset(args.data)
     ep = ds.load(ds.indices("val")[0], ["agentview_rgb", "eye_in_hand_rgb", "state"])
     lang = ds.episodes[ds.indices("val")[0]]["language"]
     rows = []

@@ -17,7 +17,7 @@ Command line:
     python -m data.mini_libero demos --out out/demos          # generate the default demonstration set
     python -m data.mini_libero expert --trials 50             # expert success per task on all init states
     python -m data.mini_libero video --suite goal --task 7    # GIF of one expert episode
-    python -m data.mini_libero stats --demos out/demos        # dataset statistics
+    python -m data.mini_libero stats --data out/demos         # dataset statistics (any format)
 """
 from __future__ import annotations
 
@@ -215,8 +215,9 @@ def main(argv=None) -> None:
     v.add_argument("--size", type=int, default=128, help="image resolution")
     v.add_argument("--camera", default="agentview", choices=["agentview", "eye_in_hand", "both"], help="which camera(s)")
     v.add_argument("--out", default="out/episode.gif", help="GIF path")
-    st = sub.add_parser("stats", help="print the statistics of a demonstration dataset")
-    st.add_argument("--demos", default="out/demos", help="dataset directory")
+    st = sub.add_parser("stats", help="print the statistics of a dataset (mini-LIBERO demos, LIBERO HDF5 or LeRobot)")
+    st.add_argument("--data", default="out/demos", help="dataset path")
+    st.add_argument("--data-format", default="auto", help="auto | mini | libero_hdf5 | lerobot")
     args = p.parse_args(argv)
     suites = list(SUITES) if getattr(args, "suites", "all") == "all" else [suite_name(s) for s in args.suites.split(",")]
 
@@ -240,8 +241,8 @@ def main(argv=None) -> None:
         from data.demos import write_demos
         write_demos(args.out, suites, args.per_task, args.size, args.seed, args.workers)
     elif args.cmd == "stats":
-        from data.demos import DemoDataset
-        DemoDataset(args.demos).print_summary()
+        from data.demos import open_dataset
+        open_dataset(args.data, args.data_format).print_summary()
 
 
 if __name__ == "__main__":

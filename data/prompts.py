@@ -12,7 +12,8 @@ for the paper's pretrained MLLM:
   * FAST generation — the same prompt without reasoning; the answer is the action tokens only.
 
 Everything here is pure text from (bodies, flat world state, phase, action chunk); the action tokens are
-inserted by the caller (sft.py) as the literal string `{ACTIONS}`.
+inserted by the caller (sft.py) as the literal string `{ACTIONS}`. Real datasets have no world state: for them
+only reasoning → FAST (with `proprio_reasoning`) and FAST generation apply.
 """
 from __future__ import annotations
 
@@ -57,9 +58,10 @@ def gripper_cell(world: World) -> str:
     return CELLS[int(np.clip(v * 3, 0, 2))][int(np.clip(u * 3, 0, 2))]
 
 
-def motion_signs(chunk: np.ndarray) -> np.ndarray:
-    """[H, 7] actions → 3 ints in {-1, 0, +1}: the chunk's mean translation direction per axis."""
-    m = chunk[:, :3].mean(0)
+def motion_signs(chunk: np.ndarray, scale=1.0) -> np.ndarray:
+    """[H, 7] actions → 3 ints in {-1, 0, +1}: the chunk's mean translation direction per axis (`scale`: the
+    dataset's typical translation size per axis, for datasets whose actions are not in LIBERO's ±1 units)."""
+    m = chunk[:, :3].mean(0) / scale
     return np.where(np.abs(m) < MOVE_EPS, 0, np.sign(m)).astype(int)
 
 
@@ -114,6 +116,33 @@ def reasoning(world: World, phase: str, chunk: np.ndarray, rng: np.random.Genera
 
 def reasoning_answer(world: World, phase: str, chunk: np.ndarray, rng) -> str:
     return f"<think>{reasoning(world, phase, chunk, rng)}</think>{fast_answer()}"
+
+
+def motion_scale(stats: dict) -> np.ndarray:
+    """Per translation axis, the larger of |q01| and |q99| of the dataset's actions: motion words then mean the
+    same on LIBERO (≈ ±1 units) and BridgeV2 (metres per step)."""
+    a = stats["actions"]
+    return np.maximum(np.maximum(np.abs(a["q01"][:3]), np.abs(a["q99"][:3])), 1e-6)
+
+
+def proprio_reasoning(instruction: str, state: np.ndarray, chunk: np.ndarray, scale, rng) -> str:
+    """The <think> content for datasets without privileged state (LIBERO HDF5, LeRobot, BridgeV2): built only from
+    what they record: the instruction, the end-effector position (proprio, dataset units) and the motion words
+    of the action chunk that follows. No object positions or phases: the model must read those from the image."""
+    signs = motion_signs(chunk, scale)
+    move = f"move {direction_words(signs)}" if signs.any() else "stay where I am"
+    grip = gripper_words(chunk, 0.0)
+    where = "The gripper is at ({:+.2f}, {:+.2f}, {:+.2f}). ".format(*state[:3])
+    templates = [
+        f"{where}To {instruction}, I will {move} and {grip}.",
+        f"{where}The task is to {instruction}. Next I {move}.",
+        f"{where}I need to {instruction}: {move}, {grip}.",
+    ]
+    return templates[int(rng.integers(len(templates)))]
+
+
+def proprio_answer(instruction: str, state: np.ndarray, chunk: np.ndarray, scale, rng) -> str:
+    return f"<think>{proprio_reasoning(instruction, state, chunk, scale, rng)}</think>{fast_answer()}"
 
 
 def grid_xy(point: np.ndarray, n: int = 10) -> str:

@@ -14,11 +14,11 @@ stage() {  # stage NAME COMMAND...: run it, remember its wall time
   times+=("$(printf '%-12s %5ds' "$name" $((SECONDS - t0)))")
 }
 stage demos    python -m data.mini_libero demos --out "$OUT/demos"
-stage world    python -m data.mini_libero stats --demos "$OUT/demos"
-stage fast     python fast_tokenizer.py --demos "$OUT/demos" --out "$OUT/fast"
-stage sft      python sft.py --model assets/tiny-vl --demos "$OUT/demos" --fast "$OUT/fast" --out "$OUT/sft"
+stage world    python -m data.mini_libero stats --data "$OUT/demos"
+stage fast     python fast_tokenizer.py --data "$OUT/demos" --out "$OUT/fast"
+stage sft      python sft.py --model assets/tiny-vl --data "$OUT/demos" --fast "$OUT/fast" --out "$OUT/sft"
 stage grpo     python grpo.py --init "$OUT/sft" --out "$OUT/grpo"
-stage vla      python vla_train.py --backbone "$OUT/grpo" --demos "$OUT/demos" --out "$OUT/vla"
+stage vla      python vla_train.py --backbone "$OUT/grpo" --data "$OUT/demos" --out "$OUT/vla"
 stage eval     python eval_libero.py --policy "$OUT/vla" --suite all --trials-per-task 2 --num-envs 8 --out "$OUT/eval"
 stage expert   python eval_libero.py --policy expert --suite all --trials-per-task 10 --out "$OUT/eval_expert"
 echo; echo "=== time per stage"; printf '%s\n' "${times[@]}"

@@ -30,7 +30,7 @@ def demos_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fast_dir(demos_dir, tmp_path_factory):
     d = str(tmp_path_factory.mktemp("fast"))
-    run("fast_tokenizer.py", "--demos", demos_dir, "--out", d, "--vocab-size", "512")
+    run("fast_tokenizer.py", "--data", demos_dir, "--out", d, "--vocab-size", "512")
     return d
 
 
@@ -38,7 +38,7 @@ def fast_dir(demos_dir, tmp_path_factory):
 def tiny_ckpt(demos_dir, fast_dir, tmp_path_factory):
     """A 2-step SFT of a freshly built tiny backbone: small, but every file a real checkpoint has."""
     d = str(tmp_path_factory.mktemp("sft") / "ckpt")
-    run("sft.py", "--model", "tiny", "--demos", demos_dir, "--fast", fast_dir, "--out", d, "--steps", "2",
+    run("sft.py", "--model", "tiny", "--data", demos_dir, "--fast", fast_dir, "--out", d, "--steps", "2",
         "--global-batch", "8", "--micro-batch", "4", "--eval-prompts", "4", "--max-new-tokens", "8",
         "--stage2-frac", "0.3")
     return d
@@ -48,6 +48,6 @@ def tiny_ckpt(demos_dir, fast_dir, tmp_path_factory):
 def tiny_vla(tiny_ckpt, demos_dir, tmp_path_factory):
     """A VLA checkpoint (tiny backbone + a 1-block head trained for a few steps): exercises every path."""
     d = str(tmp_path_factory.mktemp("vla") / "vla")
-    run("vla_train.py", "--backbone", tiny_ckpt, "--demos", demos_dir, "--out", d, "--steps", "5",
+    run("vla_train.py", "--backbone", tiny_ckpt, "--data", demos_dir, "--out", d, "--steps", "5",
         "--frame-stride", "20", "--val-every", "0", "--d-model", "32", "--n-layers", "1")
     return d

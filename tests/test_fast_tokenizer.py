@@ -309,9 +309,9 @@ def test_cli_synthetic(tmp_path):
     assert "compression" in r.stdout
 
 
-def test_cli_bad_demos_dir(tmp_path):
+def test_cli_bad_data_path(tmp_path):
     out = tmp_path / "fast"
-    r = run_cli("--demos", str(tmp_path / "missing"), "--out", str(out))
+    r = run_cli("--data", str(tmp_path / "missing"), "--out", str(out))
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1
     assert not out.exists()
     assert run_cli("--help").returncode == 0

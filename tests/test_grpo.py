@@ -48,7 +48,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model, proc, vocab = sft.build_tiny(corpus, fast)
     sft.save_checkpoint(model, proc, fast, vocab, str(d / "sft"),
-                        {"stage2.json": {"demos": str(d / "demos"), "episodes": ds.indices("train")[:3]}})
+                        {"stage2.json": {"data": str(d / "demos"), "episodes": ds.indices("train")[:3]}})
     return d
 
 

@@ -107,7 +107,7 @@ def test_chat_template_renders_the_three_kinds(loaded):
 
 def test_resume_continues_from_the_saved_step(demos_dir, fast_dir, tmp_path):
     out = str(tmp_path / "r")
-    common = ["sft.py", "--model", "tiny", "--demos", demos_dir, "--fast", fast_dir, "--out", out, "--steps", "4",
+    common = ["sft.py", "--model", "tiny", "--data", demos_dir, "--fast", fast_dir, "--out", out, "--steps", "4",
               "--global-batch", "4", "--micro-batch", "4", "--eval-prompts", "2", "--max-new-tokens", "4"]
     run(*common, "--save-every", "2")
     full = json.load(open(os.path.join(out, "metrics.json")))["loss_history"]
@@ -119,7 +119,7 @@ def test_resume_continues_from_the_saved_step(demos_dir, fast_dir, tmp_path):
 
 
 def test_two_process_ddp_matches_one_process(demos_dir, fast_dir, tmp_path):
-    common = ["--model", "tiny", "--demos", demos_dir, "--fast", fast_dir, "--steps", "3", "--global-batch", "8",
+    common = ["--model", "tiny", "--data", demos_dir, "--fast", fast_dir, "--steps", "3", "--global-batch", "8",
               "--eval-prompts", "2", "--max-new-tokens", "4", "--lr", "3e-3"]
     run("sft.py", *common, "--micro-batch", "4", "--out", str(tmp_path / "one"))
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "sft.py", *common,
@@ -134,7 +134,7 @@ def test_two_process_ddp_matches_one_process(demos_dir, fast_dir, tmp_path):
 
 
 def test_bad_model_path_is_a_one_line_error(demos_dir, fast_dir, tmp_path):
-    p = subprocess.run([sys.executable, "sft.py", "--model", str(tmp_path / "nope"), "--demos", demos_dir,
+    p = subprocess.run([sys.executable, "sft.py", "--model", str(tmp_path / "nope"), "--data", demos_dir,
                         "--fast", fast_dir, "--out", str(tmp_path / "o")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("sft.py: --model")

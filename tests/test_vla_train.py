@@ -15,7 +15,7 @@ from sft import load_backbone
 
 @pytest.fixture(scope="module")
 def setup(tiny_ckpt, demos_dir):
-    cfg = V.Config(backbone=tiny_ckpt, demos=demos_dir, frame_stride=25)
+    cfg = V.Config(backbone=tiny_ckpt, data=demos_dir, frame_stride=25)
     ds = DemoDataset(demos_dir)
     ns = V.norm_stats(ds.stats)
     model, proc, _, _ = load_backbone(tiny_ckpt, need_actions=False)
@@ -62,7 +62,7 @@ def test_normalisation_round_trip(setup):
 
 def test_train_then_policy_outputs_env_actions(tiny_ckpt, demos_dir, tmp_path):
     out = tmp_path / "vla"
-    run("vla_train.py", "--backbone", tiny_ckpt, "--demos", demos_dir, "--out", str(out), "--steps", "5",
+    run("vla_train.py", "--backbone", tiny_ckpt, "--data", demos_dir, "--out", str(out), "--steps", "5",
         "--frame-stride", "20", "--val-every", "0", "--d-model", "32", "--n-layers", "1")
     m = json.load(open(out / "metrics.json"))
     assert {"val_l1", "mean_action_l1", "val_loss", "train_loss"} <= set(m)
@@ -74,7 +74,7 @@ def test_train_then_policy_outputs_env_actions(tiny_ckpt, demos_dir, tmp_path):
 
 def test_two_process_torchrun(tiny_ckpt, demos_dir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "vla_train.py",
-                        "--backbone", tiny_ckpt, "--demos", demos_dir, "--out", str(tmp_path / "v2"), "--steps", "3",
+                        "--backbone", tiny_ckpt, "--data", demos_dir, "--out", str(tmp_path / "v2"), "--steps", "3",
                         "--frame-stride", "20", "--val-every", "0", "--batch", "8", "--d-model", "32", "--n-layers", "1"],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
