@@ -391,7 +391,8 @@ def main(cfg: Config) -> dict:
 
     per_seed = {v: {s: figures(plans[(v, s)]) for s in seeds} for v in names}
     done = {v: [s for s in seeds if per_seed[v][s]["success"] is not None] for v in names}
-    summary = {v: {m: mean_ci_t([per_seed[v][s].get(m) for s in seeds]) for m in per_seed[v][seeds[0]]} for v in names}
+    keys = lambda v: list(dict.fromkeys(m for s in seeds for m in per_seed[v][s]))   # union: a failed seed lacks suites
+    summary = {v: {m: mean_ci_t([per_seed[v][s].get(m) for s in seeds]) for m in keys(v)} for v in names}
     os.makedirs(cfg.out, exist_ok=True)
     res = {"config": asdict(cfg), "preset": PRESETS[cfg.preset],
            "variants": {v: {"chain": VARIANTS[v][0], "extra": VARIANTS[v][1], "paper": VARIANTS[v][2],
