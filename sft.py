@@ -14,6 +14,8 @@ those kinds are skipped with a note and the reasoning is built from the instruct
     python sft.py                                     # default: from the shipped tiny backbone, ~4 min on 2 CPUs
     python sft.py --model tiny --mix vqa=0.6,fast=0.4 --steps 6000 --out assets/tiny-vl   # pretrain the backbone
     torchrun --nproc_per_node 2 sft.py --steps 20     # DDP (gloo on CPU, nccl on GPU)
+    python sft.py --model out/sft --episodes stage2 --mix reason=1 --steps 0 --epochs 1 --out out/ecot
+        # the ECoT-style control (paper Tab. 7): one more SFT epoch on GRPO's prompts, reasoning targets
 
 The tiny backbone. The paper starts from Qwen2.5-VL-7B-Instruct, which already sees. A 4 M-parameter model
 trained from scratch does not (calibration-notes.md): its merged image tokens become a large near-constant
@@ -85,6 +87,8 @@ class Config:
     grad_clip: float = arg(1.0, "max gradient norm (0: off)")
     freeze_vision: bool = arg(False, "freeze the ViT (the paper freezes it; the tiny model's must still learn)")
     stage2_frac: float = arg(0.1, "fraction of training episodes reserved for GRPO (never seen by SFT)")
+    episodes: str = arg("split", "what to train on: 'split' (train episodes minus the GRPO reserve) or 'stage2' (only "
+                                 "the episodes --model's stage2.json reserves for GRPO: the ECoT-style control, Tab. 7)")
     eval_every: int = arg(0, "evaluate every N steps (0: only at the end)")
     eval_prompts: int = arg(96, "held-out prompts per evaluated kind for the generation metrics")
     eval_kinds: str = arg("reason", "kinds evaluated on held-out episodes: reason, fast, vqa, caption (comma-separated)")
@@ -501,6 +505,21 @@ def split_episodes(ds: DemoDataset, stage2_frac: float, seed: int):
     return [e for e in train if e in keep], stage2, ds.indices("val")
 
 
+def reserved_episodes(model: str, demos: str) -> list[int]:
+    """The GRPO episodes an sft.py checkpoint reserved (its stage2.json), for --episodes stage2."""
+    path = os.path.join(model, "stage2.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"sft.py: --episodes stage2 needs {path}: pass an sft.py checkpoint as --model")
+    with open(path) as f:
+        st = json.load(f)
+    reserved_from = st.get("data") or st.get("demos")              # "demos": checkpoints from before --data
+    if os.path.abspath(reserved_from) != os.path.abspath(demos):
+        raise SystemExit(f"sft.py: {path} reserves episodes of {reserved_from}, not of --data {demos}")
+    if not st["episodes"]:
+        raise SystemExit(f"sft.py: {path} reserves no episodes (that SFT ran with --stage2-frac 0)")
+    return st["episodes"]
+
+
 def load_fast(cfg: Config, model_fast):
     if cfg.fast:
         path = cfg.fast if cfg.fast.endswith(".json") else os.path.join(cfg.fast, "fast_tokenizer.json")
@@ -575,6 +594,10 @@ def main(cfg: Config) -> dict:
     ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
     train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
+    if cfg.episodes == "stage2":          # ECoT-style control: SFT on exactly GRPO's prompts; the reserve travels on
+        train_eps = stage2_eps = reserved_episodes(cfg.model, cfg.data)
+    elif cfg.episodes != "split":
+        raise SystemExit(f"sft.py: --episodes {cfg.episodes!r}: choose split or stage2")
     if cfg.model == "tiny":
         fast = load_fast(cfg, None)
         corpus_samples = build_samples(ds, train_eps[:: max(1, len(train_eps) // 60)],

@@ -1,4 +1,5 @@
-"""Every stage answers --help (flags generated from its Config) without touching data or models."""
+"""Every stage (and knn_probe.py, ablate.py, scripts/summary.py) answers --help (flags generated from its Config)
+without touching data or models."""
 import subprocess
 import sys
 
@@ -6,7 +7,8 @@ import pytest
 
 from conftest import ENV, ROOT
 
-STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_train.py", "eval_libero.py"]
+STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_train.py", "eval_libero.py",
+          "knn_probe.py", "ablate.py", "scripts/summary.py"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
