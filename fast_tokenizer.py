@@ -31,6 +31,10 @@ Choices (the reference is processing_action_tokenizer.py in huggingface.co/physi
   min/max, so a decoded gripper is exactly binary.
 - DCT: orthonormal type II as a cached T x T matrix C (coef = C @ x); C.T is the exact inverse.
 - Rounding: np.rint, half to even (np.around in the reference). Per-coefficient error <= 0.5/scale.
+- Scale: the command's default is 2, the paper's/openpi's 10 (`--scale 10`). The first BPE token carries the
+  chunk's mean velocity on every axis; at 10 that is ~60 levels per axis, more than a 4 M backbone reading a
+  112 px image can resolve, so the prefix reward would never fire. At 2: 3.8 tokens per chunk, RMS 0.07
+  (normalised), and the VLA's diffusion head never decodes FAST anyway (README, FAST section).
 - Flattening: row-major over [T, D] = frequency-major, dims interleaved (the paper's order).
 - Alphabet: the integer range seen in fitting widened by `margin` on each side; id = value - min_token.
   Coefficients outside it are clipped at encode (the reference drops those above and clamps those
@@ -71,7 +75,7 @@ class Config:
     out: str = arg("out/fast", "directory for fast_tokenizer.json and metrics.json")
     horizon: int = arg(10, "chunk length T in steps (the VLA's chunk: 10, as openpi's pi0_fast_libero)")
     vocab_size: int = arg(1024, "token ids incl. the integer alphabet (paper 1024; FAST+ 2048)")
-    scale: float = arg(10.0, "DCT coefficients are multiplied by this before rounding")
+    scale: float = arg(2.0, "DCT coefficients are multiplied by this before rounding (paper/openpi 10; see the docstring)")
     margin: int = arg(8, "integers added to each end of the fitted coefficient range")
     gripper_dim: int = arg(6, "binary gripper dimension: min/max range, snapped at decode (-1: none)")
     synthetic: int = arg(0, "fit on this many synthetic chunks instead of --data (0: use the dataset)")

@@ -218,6 +218,14 @@ def add_action_vocab(model, tok, n_actions: int) -> dict:
     return action_vocab(tok, n_actions)
 
 
+def reset_action_rows(model, vocab: dict) -> None:
+    """Re-initialise the <act_i> input (and, if untied, output) rows to the mean of the text rows."""
+    lo, hi = vocab["act_offset"], vocab["act_offset"] + vocab["n_actions"]
+    with torch.no_grad():
+        for w in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
+            w[lo:hi] = w[:min(lo, vocab["action_start"])].mean(0)
+
+
 def action_vocab(tok, n_actions: int) -> dict:
     first = tok.convert_tokens_to_ids("<act_0>")
     ids = tok.convert_tokens_to_ids([f"<act_{i}>" for i in range(n_actions)])
@@ -613,6 +621,10 @@ def main(cfg: Config) -> dict:
             vocab = add_action_vocab(model, proc.tokenizer, fast.vocab_size)
         elif vocab["n_actions"] != fast.vocab_size:
             raise SystemExit(f"sft.py: the checkpoint has {vocab['n_actions']} action tokens, the FAST tokenizer {fast.vocab_size}")
+        elif model_fast is not None and fast.to_dict() != model_fast.to_dict():
+            reset_action_rows(model, vocab)          # same ids, new meanings: what the rows learnt is wrong now
+            if master:
+                print(f"sft.py: --fast differs from {cfg.model}'s FAST tokenizer: action embeddings re-initialised")
     proc.tokenizer.padding_side = "left"
     model.to(device)
     if cfg.freeze_vision:

@@ -270,3 +270,24 @@ def test_chunks_pad_with_holds_at_episode_end():
 def test_missing_dataset_is_a_one_line_error(tmp_path):
     with pytest.raises(SystemExit, match="not a demo dataset"):
         DemoDataset(str(tmp_path / "nope"))
+
+
+def test_expert_variation_is_only_what_a_frame_shows():
+    """Default demos vary in style (heights, yaw, grasp offsets) but not in speed, pauses or tremor: from the same
+    world state the default expert's next action depends only on its style, so two operators of one style agree;
+    with noise=True (the human-like variant) they do not."""
+    from data.expert import Expert
+    task = suite_tasks("spatial")[0]
+    def first_actions(noise, seed):
+        world, plan = task.scene(3)
+        e = Expert(world, plan, np.random.default_rng([0, seed]), style=False, noise=noise)
+        acts = []
+        for _ in range(30):
+            a, _ = e.act(world)
+            world.step(a)
+            acts.append(a)
+        return np.array(acts)
+    assert np.array_equal(first_actions(False, 1), first_actions(False, 2))
+    assert not np.allclose(first_actions(True, 1), first_actions(True, 2))
+    a = first_actions(False, 1)
+    assert np.isclose(np.abs(a[0, :3]).max(), 0.85)          # far from the goal: the fixed top speed
