@@ -413,10 +413,15 @@ def mean_ci(x) -> list:
     return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
 
 
+GRID_RE = re.compile(r"\((\d+), (\d+)\)")
+
+
 def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: FastTokenizer) -> dict:
     """Per-prompt figures. Action kinds: format, exact match, prefix ratio r_a, L1 of the decoded actions in
     normalised units (1.0 when nothing decodes), direction accuracy (per-axis sign of the mean motion).
-    VQA: exact match of the answer text."""
+    Reasoning about mini-LIBERO also gets `where`: the share of the target's grid positions ("(4, 7)": gripper,
+    then the object in focus) that the generated <think> states exactly, in order — whether the model reads the
+    scene in language, separately from whether its action tokens follow. VQA: exact match of the answer text."""
     if sample.kind in ("vqa", "caption"):           # exact answer; for captions, the share of places right
         got = text.split("<|im_end|>")[0].strip()
         if sample.kind == "vqa":
@@ -432,6 +437,10 @@ def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: Fast
         tgt, _ = fast.decode([sample.actions])
         row["l1"] = float(np.abs(fast.normalize(dec[0]) - fast.normalize(tgt[0])).mean())
         row["direction"] = float(np.mean(prompts.motion_signs(dec[0]) == np.array(sample.signs)))
+    want = GRID_RE.findall(sample.answer) if sample.kind == "reason" else []
+    if want:                                      # only privileged-state reasoning names grid positions
+        got = GRID_RE.findall(text.split("</think>")[0])
+        row["where"] = float(np.mean([i < len(got) and got[i] == w for i, w in enumerate(want)]))
     return row
 
 

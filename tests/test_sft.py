@@ -174,3 +174,17 @@ def test_shipped_backbone_reads_its_image(tmp_path):
     shuf = sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, shuffle=True)["caption/accuracy"]
     assert true[1] > shuf[2], (true, shuf)
     assert true[0] > 0.3
+
+
+def test_score_where_counts_grid_positions_stated_in_order(loaded):
+    """`where` = share of the target's grid positions the generated reasoning states, in order; actions aside."""
+    model, proc, fast, vocab, samples, frames = loaded
+    s = sft.Sample(0, 0, "reason", "p", "<think>The gripper is at (3, 7) and the bowl is at (5, 2). Go.</think>"
+                   "<answer><ACTION_START>{ACTIONS}<ACTION_END></answer>", [1, 2], [0, 0, 0])
+    def where(think):
+        return sft.score(s, [], f"<think>{think}</think><answer></answer>", vocab, fast)["where"]
+    assert where("The gripper is at (3, 7) and the bowl is at (5, 2).") == 1.0
+    assert where("The gripper is at (3, 7) and the bowl is at (5, 3).") == 0.5
+    assert where("The bowl is at (5, 2).") == 0.0                 # right place, wrong slot
+    assert where("I move left.") == 0.0
+    assert "where" not in sft.score(samples["fast"][0], [], "", vocab, fast)
