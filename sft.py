@@ -555,8 +555,9 @@ def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     proc.save_pretrained(tmp)
-    fast.save(os.path.join(tmp, "fast_tokenizer.json"))
-    for name, obj in {"action_vocab.json": vocab, **extra}.items():
+    if fast is not None:                                            # None: a backbone without actions (vla_train.py)
+        fast.save(os.path.join(tmp, "fast_tokenizer.json"))
+    for name, obj in (({"action_vocab.json": vocab} if vocab is not None else {}) | extra).items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=1)
     if os.path.isdir(out):

@@ -1,16 +1,34 @@
-"""vla_train.py: feature caching is exact, the frozen backbone gets no gradient, the Policy, torchrun."""
+"""vla_train.py: feature caching is exact, the frozen backbone gets no gradient, a fine-tuned one does and is
+saved, --resume replays a run exactly, the Policy, torchrun."""
+import copy
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import vla_train as V
 from conftest import ENV, ROOT, run
 from data.demos import DemoDataset
 from sft import load_backbone
+
+TINY = ("--frame-stride", "20", "--val-every", "0", "--d-model", "32", "--n-layers", "1")
+
+
+def train_tiny(tiny_ckpt, demos_dir, out, *flags):
+    return run("vla_train.py", "--backbone", tiny_ckpt, "--data", demos_dir, "--out", str(out), *TINY, *flags)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tiny_ckpt, demos_dir, tmp_path_factory):
+    """A 4-step --finetune-backbone run that left its step-2 resume state behind."""
+    out = tmp_path_factory.mktemp("ft") / "vla"
+    train_tiny(tiny_ckpt, demos_dir, out, "--finetune-backbone", "--steps", "4", "--save-every", "2")
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +69,56 @@ def test_frozen_backbone_gets_no_gradient(setup):
     assert all(p.grad is not None for p in head.parameters())
 
 
+def test_finetuned_backbone_gets_gradient_below_the_read_layer(setup):
+    cfg, ns, model, proc, rows = setup
+    bb = copy.deepcopy(model)
+    layer = V.default_layer(bb)
+    V.unfreeze_below(bb, layer)
+    head = V.DiffusionHead(V.HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8,
+                                        cond_dim=bb.config.text_config.hidden_size))
+    x = V.prepare(proc, rows["img"][:2], None, rows["text"][:2], "cpu")
+    V.VLA(head, bb, layer)(rows["chunk"][:2], rows["proprio"][:2], inputs=x).backward()
+    trainable = [p for p in bb.parameters() if p.requires_grad]
+    assert any(p is bb.model.visual.patch_embed.proj.weight for p in trainable)
+    assert all(p.grad is not None for p in trainable)            # DDP needs a gradient for every trainable one
+    assert sum(float(p.grad.abs().sum()) for p in trainable) > 0
+    frozen = list(bb.model.language_model.layers[layer:].parameters())
+    assert frozen and all(not p.requires_grad and p.grad is None for p in frozen)
+
+
+def test_finetuned_checkpoint_holds_the_trained_backbone(finetuned, tiny_ckpt, demos_dir):
+    vcfg = json.load(open(finetuned / "vla_config.json"))
+    assert vcfg["backbone"] == "backbone" and vcfg["finetuned_backbone"]
+    pol = V.Policy.load(str(finetuned))
+    ref, *_ = load_backbone(tiny_ckpt, need_actions=False)
+    old = dict(ref.named_parameters())
+    changed = {n for n, p in pol.model.named_parameters() if not torch.equal(p, old[n])}
+    assert any("visual." in n for n in changed) and any(".layers.0." in n for n in changed)
+    assert not any(f".layers.{i}." in n for n in changed for i in range(vcfg["layer"], ref.config.text_config.num_hidden_layers))
+    # Policy.load reproduces the run's own validation numbers: it reads the fine-tuned weights, not --backbone's
+    m = json.load(open(finetuned / "metrics.json"))
+    cfg = V.Config(backbone=tiny_ckpt, demos=demos_dir, frame_stride=20)
+    rows = V.build_data(DemoDataset(demos_dir), "val", cfg, vcfg["norm"])
+    c, mask = V.cache_features(pol.model, pol.proc, rows, cfg, vcfg["layer"], "cpu")
+    r = V.validate(pol.head, c, mask, rows["proprio"], rows["chunk"], vcfg["ddim_steps"], torch.zeros(1, 1, 7))
+    assert r["val_l1"] == pytest.approx(m["val_l1"], abs=1e-6) and r["val_loss"] == pytest.approx(m["val_loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_resume_replays_the_run_exactly(request, tiny_ckpt, demos_dir, tmp_path, finetune):
+    flags = ["--steps", "4", "--save-every", "2"] + (["--finetune-backbone"] if finetune else [])
+    first = request.getfixturevalue("finetuned") if finetune else tmp_path / "a"
+    if not finetune:
+        train_tiny(tiny_ckpt, demos_dir, first, *flags)
+    again = tmp_path / "b"
+    shutil.copytree(first, again)                                # its resume/ holds the step-2 state
+    p = train_tiny(tiny_ckpt, demos_dir, again, *flags, "--resume")
+    assert "resumed at step 2" in p.stdout
+    for f in ["head.safetensors"] + (["backbone/model.safetensors"] if finetune else []):
+        a, b = load_file(first / f), load_file(again / f)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f
+
+
 def test_normalisation_round_trip(setup):
     _, ns, *_ = setup
     a = np.random.default_rng(0).uniform(-0.5, 0.5, (4, 10, 7))
@@ -72,10 +140,11 @@ def test_train_then_policy_outputs_env_actions(tiny_ckpt, demos_dir, tmp_path):
     assert a.shape == (2, pol.horizon, 7) and np.all(np.isfinite(a)) and set(np.unique(a[..., 6])) <= {-1.0, 1.0}
 
 
-def test_two_process_torchrun(tiny_ckpt, demos_dir, tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--finetune-backbone"]])
+def test_two_process_torchrun(tiny_ckpt, demos_dir, tmp_path, flags):
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "vla_train.py",
                         "--backbone", tiny_ckpt, "--data", demos_dir, "--out", str(tmp_path / "v2"), "--steps", "3",
-                        "--frame-stride", "20", "--val-every", "0", "--batch", "8", "--d-model", "32", "--n-layers", "1"],
-                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                        "--batch", "8", *TINY, *flags], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "v2" / "head.safetensors").exists()
+    assert (tmp_path / "v2" / "backbone" / "model.safetensors").exists() == bool(flags)
