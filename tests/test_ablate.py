@@ -35,7 +35,7 @@ def test_mean_ci_t_hand_case():
 
 
 def test_plan_shares_runs_and_chains_backbones(tmp_path):
-    cfg = A.Config(out=str(tmp_path), preset="small", demos="D", base="B")
+    cfg = A.Config(out=str(tmp_path), preset="small", data="D", base="B")
     plan = lambda v: A.variant_plan(cfg, v, 1)
     assert [r.out for r in plan("group-8")] == [r.out for r in plan("grpo")]     # the small preset's G is 8
     assert [r.key for r in plan("base")] == ["vla-base", "eval-vla-base"]

@@ -97,7 +97,7 @@ def test_finetuned_checkpoint_holds_the_trained_backbone(finetuned, tiny_ckpt, d
     assert not any(f".layers.{i}." in n for n in changed for i in range(vcfg["layer"], ref.config.text_config.num_hidden_layers))
     # Policy.load reproduces the run's own validation numbers: it reads the fine-tuned weights, not --backbone's
     m = json.load(open(finetuned / "metrics.json"))
-    cfg = V.Config(backbone=tiny_ckpt, demos=demos_dir, frame_stride=20)
+    cfg = V.Config(backbone=tiny_ckpt, data=demos_dir, frame_stride=20)
     rows = V.build_data(DemoDataset(demos_dir), "val", cfg, vcfg["norm"])
     c, mask = V.cache_features(pol.model, pol.proc, rows, cfg, vcfg["layer"], "cpu")
     r = V.validate(pol.head, c, mask, rows["proprio"], rows["chunk"], vcfg["ddim_steps"], torch.zeros(1, 1, 7))
