@@ -1,0 +1,53 @@
+"""Reward curves of one or more grpo.py runs (their metrics.jsonl) as one PNG: mean reward, r_f and r_a per round.
+
+    python scripts/plot_grpo.py out/grpo                                  # -> out/grpo/reward.png
+    python scripts/plot_grpo.py out/grpo_s0 out/grpo_s1 --png assets/grpo_reward.png
+
+Needs matplotlib (pip install -r requirements-plot.txt).
+"""
+import argparse
+import json
+import os
+import sys
+
+
+def read_rounds(run_dir: str) -> list[dict]:
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise SystemExit(f"plot_grpo.py: {path} not found (expected a grpo.py --out directory)")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="grpo.py output directories")
+    p.add_argument("--png", default="", help="output file ('' = RUN/reward.png of the first run)")
+    a = p.parse_args(argv)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.exit("plot_grpo.py: matplotlib is missing (pip install -r requirements-plot.txt)")
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2), sharex=True)
+    for run in a.runs:
+        rows = read_rounds(run)
+        x = [r["round"] for r in rows]
+        for ax, key in zip(axes, ("reward", "r_f", "r_a")):
+            ax.plot(x, [r[key] for r in rows], label=os.path.basename(run.rstrip("/")), lw=1.2)
+    for ax, title in zip(axes, ("reward = (r_f + r_a) / 2", "format reward r_f", "prefix accuracy r_a")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("rollout round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    out = a.png or os.path.join(a.runs[0], "reward.png")
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
