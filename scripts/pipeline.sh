@@ -22,8 +22,8 @@ stage grpo     python grpo.py --init "$OUT/sft" --out "$OUT/grpo"
 # the paper's comparison in miniature: the same VLA recipe on the SFT and on the SFT+GRPO backbone
 stage vla_sft  python vla_train.py --backbone "$OUT/sft" --data "$OUT/demos" --out "$OUT/vla_sft"
 stage vla      python vla_train.py --backbone "$OUT/grpo" --data "$OUT/demos" --out "$OUT/vla"
-stage eval_sft python eval_libero.py --policy "$OUT/vla_sft" --suite all --trials-per-task 2 --num-envs 8 --out "$OUT/eval_sft"
-stage eval     python eval_libero.py --policy "$OUT/vla" --suite all --trials-per-task 2 --num-envs 8 --out "$OUT/eval"
+stage eval_sft python eval_libero.py --policy "$OUT/vla_sft" --suite all --trials-per-task 1 --num-envs 8 --out "$OUT/eval_sft"
+stage eval     python eval_libero.py --policy "$OUT/vla" --suite all --trials-per-task 1 --num-envs 8 --out "$OUT/eval"
 stage expert   python eval_libero.py --policy expert --suite all --trials-per-task 10 --out "$OUT/eval_expert"
 echo; echo "=== time per stage"; printf '%s\n' "${times[@]}"
 echo; python scripts/summary.py --root "$OUT" --out "$OUT/summary.md"     # backbone x suite success + each stage's figure
