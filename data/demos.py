@@ -63,11 +63,11 @@ def _describe(values: np.ndarray) -> dict:
 def _generate_task(job):
     """Worker: successful demos for one task, saved as npz files; returns their episode records."""
     from data.mini_libero import expert_episode
-    suite, task_id, per_task, size, seed, tmpdir, first_index = job
+    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init = job
     task = suite_tasks(suite)[task_id]
-    recs, j, k = [], 0, DEMO_INIT_OFFSET
+    recs, j, k = [], 0, first_init
     while j < per_task:
-        if k > DEMO_INIT_OFFSET + 4 * per_task + 20:
+        if k > first_init + 4 * per_task + 20:
             raise RuntimeError(f"expert keeps failing on {suite} task {task_id}")
         ep = expert_episode(task, k, seed, size=size)
         k += 1
@@ -87,14 +87,14 @@ def _generate_task(job):
 
 
 def write_demos(out: str, suites: list[str], per_task: int = 10, size: int = 128, seed: int = 0,
-                workers: int = 2) -> dict:
+                workers: int = 2, first_init: int = DEMO_INIT_OFFSET) -> dict:
     """Generate the dataset into `out` (built in a temp dir, then renamed: never half-written)."""
     t0 = time.time()
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "episodes"))
     tasks = [(s, t.task_id) for s in suites for t in suite_tasks(s)]
-    jobs = [(s, i, per_task, size, seed, tmp, n * per_task) for n, (s, i) in enumerate(tasks)]
+    jobs = [(s, i, per_task, size, seed, tmp, n * per_task, first_init) for n, (s, i) in enumerate(tasks)]
     if workers > 1:
         with get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
             recs = [r for rs in pool.map(_generate_task, jobs) for r in rs]
