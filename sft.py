@@ -12,7 +12,9 @@ VQA and captions need mini-LIBERO's privileged world state; on real datasets (LI
 those kinds are skipped with a note and the reasoning is built from the instruction, proprio and the chunk's motion.
 
     python sft.py                                     # default: from the shipped tiny backbone, ~4 min on 2 CPUs
-    python sft.py --model tiny --mix vqa=0.6,fast=0.4 --steps 6000 --out assets/tiny-vl   # pretrain the backbone
+    python sft.py --model tiny --mix caption=0.4,vqa=0.3,fast=0.3 --steps 3000 --lr 1.5e-3 --out out/tiny-vl-0
+    python sft.py --model out/tiny-vl-0 --mix caption=0.4,vqa=0.3,fast=0.3 --steps 1500 --lr 1e-3 --out assets/tiny-vl
+                                                      # the shipped backbone: 48 + 24.5 min (README, Stage 1)
     torchrun --nproc_per_node 2 sft.py --steps 20     # DDP (gloo on CPU, nccl on GPU)
     python sft.py --model out/sft --episodes stage2 --mix reason=1 --steps 0 --epochs 1 --out out/ecot
         # the ECoT-style control (paper Tab. 7): one more SFT epoch on GRPO's prompts, reasoning targets
