@@ -208,3 +208,8 @@ def test_score_where_counts_grid_positions_stated_in_order(loaded):
     assert where("The bowl is at (5, 2).") == 0.0                 # right place, wrong slot
     assert where("I move left.") == 0.0
     assert "where" not in sft.score(samples["fast"][0], [], "", vocab, fast)
+
+
+def test_fsdp_flag_stops_with_one_line_instead_of_being_ignored():
+    p = subprocess.run([sys.executable, "sft.py", "--fsdp"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert p.returncode != 0 and "--fsdp is not implemented" in p.stderr and len(p.stderr.strip().splitlines()) == 1
