@@ -7,7 +7,7 @@ primitives) and grasp offsets, so that demonstrations of one task differ the way
 of these shows in the images (the hand's height, its yaw, where it grasps), so one frame determines the next
 action chunk. What a frame cannot show is left out on purpose: operator speed, pauses and hand tremor made the
 next chunk's FAST tokens unpredictable even from the privileged state (a 1-NN on the full world state matched
-6 % of first tokens with them, 21 % without; pass `noise=True` to `Expert` for that harder, human-like
+6 % of first tokens with them, 21 % without, bench/fast_predictability.py; `noise=True` gives that harder, human-like
 variant). The tiny backbone has to learn actions from pixels; there is no point asking it for a coin flip.
 
 Each yielded action comes with a short phase name ("approach the black bowl", "grasp", …); demos store it
