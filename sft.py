@@ -225,7 +225,7 @@ def reset_action_rows(model, vocab: dict) -> None:
     lo, hi = vocab["act_offset"], vocab["act_offset"] + vocab["n_actions"]
     with torch.no_grad():
         for w in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
-            w[lo:hi] = w[:min(lo, vocab["action_start"])].mean(0)
+            w[lo:hi] = w[:vocab["action_start"]].mean(0)        # text rows: everything before the markers
 
 
 def action_vocab(tok, n_actions: int) -> dict:
