@@ -490,7 +490,8 @@ def main(cfg: Config) -> dict:
             metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
             metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
             if before_rows is not None:                  # paired over the same held-out prompts
-                metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows}
+                metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows
+                                     if k in before_rows}
             for k in ("after", "after_image_shuffle", "change"):
                 if k in metrics:
                     print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})

@@ -16,6 +16,7 @@ those kinds are skipped with a note and the reasoning is built from the instruct
     python sft.py --model out/tiny-vl-0 --mix caption=0.4,vqa=0.3,fast=0.3 --steps 1500 --lr 1e-3 --out assets/tiny-vl
                                                       # the shipped backbone: 48 + 24.5 min (README, Stage 1)
     torchrun --nproc_per_node 2 sft.py --steps 20     # DDP (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 2 sft.py --steps 20 --fsdp   # FSDP2: weights, gradients, AdamW state sharded
     python sft.py --model out/sft --episodes stage2 --mix reason=1 --steps 0 --epochs 1 --out out/ecot
         # the ECoT-style control (paper Tab. 7): one more SFT epoch on GRPO's prompts, reasoning targets
 
@@ -29,13 +30,15 @@ output, `assets/tiny-vl`, ships with the repository. Plain `transformers` loads 
 adapter (a warning names its weights); `load_backbone` below restores it. Real Qwen checkpoints need no adapter.
 
 Full-size recipe (paper: Qwen2.5-VL-7B-Instruct, 2.28 M samples, frozen vision encoder, lr 2e-5 cosine,
-warmup 0.03, 1 epoch; 8× H200 ≈ 30 h):
-    torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data path/to/data \\
-        --lr 2e-5 --warmup 0.03 --epochs 1 --global-batch 128 --micro-batch 4 --bf16 --grad-ckpt
+warmup 0.03, 1 epoch; 8× H200 ≈ 30 h). fp32 AdamW needs 16 bytes a parameter, 112 GB for 7 B: one GPU cannot
+hold a DDP replica, so the recipe shards with FSDP2 (14 GB of weights + state per GPU over 8):
+    torchrun --nproc_per_node 8 sft.py --model Qwen/Qwen2.5-VL-7B-Instruct --data path/to/data --steps 0 \\
+        --lr 2e-5 --warmup 0.03 --epochs 1 --global-batch 128 --micro-batch 4 --freeze-vision --bf16 --grad-ckpt --fsdp
 
 Choices named here: loss = cross-entropy summed over response tokens (prompt and image tokens masked) divided
 by the response tokens of the whole global batch (a token-level mean, identical for any split into micro-batches
-and ranks); AdamW, linear warm-up then cosine decay to 10 %; fp32 on CPU, bf16 on GPU.
+and ranks); AdamW, linear warm-up then cosine decay to 10 %; fp32 on CPU, bf16 on GPU; DDP by default, FSDP2
+(`fully_shard` per ViT block and decoder layer, then the root) with --fsdp.
 """
 from __future__ import annotations
 
@@ -53,6 +56,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from tqdm import tqdm
 from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                           Qwen2_5_VLProcessor)
@@ -99,7 +105,7 @@ class Config:
     resume: bool = arg(False, "continue from --out/resume if present")
     bf16: bool = arg(False, "bfloat16 autocast (GPU); CPU runs stay fp32")
     grad_ckpt: bool = arg(False, "gradient checkpointing (saves memory, costs ~30 % speed)")
-    fsdp: bool = arg(False, "FSDP instead of DDP: not implemented yet (stops with an error; DDP + --bf16 --grad-ckpt fits 7B on 80 GB)")
+    fsdp: bool = arg(False, "FSDP2 instead of DDP: shard weights, gradients and AdamW state over the ranks (for models that do not fit on one GPU)")
     trust_remote_code: bool = arg(False, "allow a hub checkpoint's own code (off: files are data, not code)")
     seed: int = arg(0, "random seed (rank is added)")
 
@@ -446,12 +452,24 @@ def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: Fast
     return row
 
 
+def forced_prefix(model, batch: dict, vocab: dict) -> list[float]:
+    """Per sequence of a training-style batch: the prefix ratio r_a of its action tokens when the model is handed
+    the true response before each of them (teacher forcing). Greedy decoding that starts from the true reasoning
+    gets exactly this prefix, so on reasoning samples it splits the task in two: reading the scene into the
+    <think> text, and turning a given <think> text into action tokens."""
+    labels = batch["labels"][:, 1:]                                  # position t predicts token t + 1
+    pred = model(**{k: v.to(model.device) for k, v in batch.items() if k != "labels"}).logits[:, :-1].argmax(-1).cpu()
+    is_act = (labels >= vocab["act_offset"]) & (labels < vocab["act_offset"] + vocab["n_actions"])
+    return [float((p[m] == l[m]).int().cumprod(0).sum()) / max(1, int(m.sum())) for p, l, m in zip(pred, labels, is_act)]
+
+
 @torch.no_grad()
 def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch=32, shuffle=False, seed=0,
              per_prompt=False):
     """Greedy generation on held-out prompts → {kind/metric: [mean, lo, hi]} (and, with per_prompt, the values
     per prompt too). shuffle=True permutes the images across prompts: the control that tells whether the
-    model reads its image (figures fall to chance)."""
+    model reads its image (figures fall to chance). A sharded (FSDP) model needs every rank in each forward, so
+    then every rank calls this with the same prompts and gets the same figures."""
     model.eval()
     order = np.random.default_rng(seed).permutation(len(samples)) if shuffle else np.arange(len(samples))
     tok = proc.tokenizer
@@ -463,10 +481,15 @@ def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch
         inp.pop("labels")
         inp = {k: v.to(model.device) for k, v in inp.items()}
         out = model.generate(**inp, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=banned,
-                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id)
+                             eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+                             synced_gpus=isinstance(model, FSDPModule))   # sharded: every rank steps in lockstep
         for s, g in zip(sb, out[:, inp["input_ids"].shape[1]:].tolist()):
             for k, v in score(s, g, tok.decode(g, skip_special_tokens=False), vocab, fast).items():
                 rows.setdefault(f"{s.kind}/{k}", []).append(v)
+        idx = [b0 + i for i, s in enumerate(sb) if s.kind == "reason"]
+        if idx:              # the same prompts and images, the true reasoning given: is the <think> text the gap?
+            forced = collate([samples[j] for j in idx], [frames(samples[order[j]]) for j in idx], proc, vocab)
+            rows.setdefault("reason/prefix_true_think", []).extend(forced_prefix(model, forced, vocab))
     model.train()
     summary = {k: mean_ci(v) for k, v in rows.items()}
     return (summary, rows) if per_prompt else summary
@@ -551,11 +574,12 @@ def load_fast(cfg: Config, model_fast):
     return FastTokenizer.load(path)
 
 
-def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict) -> None:
-    """Everything the next stage needs, written to out.tmp and renamed: never half-written."""
+def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict, state_dict=None) -> None:
+    """Everything the next stage needs, written to out.tmp and renamed: never half-written. state_dict: the
+    full weights when `model` itself is sharded (FSDP; see full_state)."""
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     proc.save_pretrained(tmp)
     if fast is not None:                                            # None: a backbone without actions (vla_train.py)
         fast.save(os.path.join(tmp, "fast_tokenizer.json"))
@@ -570,14 +594,39 @@ def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict) -> None:
     os.replace(tmp, out)
 
 
-def save_resume(model, opt, step: int, out: str) -> None:
-    from safetensors.torch import save_file, save_model
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def tied_aliases(model) -> set:
+    """Names of parameters that are another name's tensor too (the LM head tied to the embedding)."""
+    first, alias = {}, set()
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(id(p), n) != n:
+            alias.add(n)
+    return alias
+
+
+def full_state(model, opt=None):
+    """Unsharded CPU state dicts {name: tensor} of the model, tied weights once (the embedding, not the LM head),
+    and of AdamW, keyed by parameter name. Plain and DDP-unwrapped modules: local, any rank may call. FSDP: a
+    collective, every rank must call; rank 0 gets them."""
+    alias = tied_aliases(model)
+    msd = {k: v for k, v in get_model_state_dict(model, options=FULL).items() if k not in alias}
+    return (msd, get_optimizer_state_dict(model, opt, options=FULL)) if opt is not None else msd
+
+
+def save_resume(model, opt, step: int, out: str, state=None) -> None:
+    """model + AdamW state + step to out/resume (safetensors and JSON, renamed into place). state: full_state()
+    already gathered (FSDP: every rank gathers, rank 0 calls this)."""
+    from safetensors.torch import save_file
+    msd, osd = state or full_state(model, opt)
     d, tmp = os.path.join(out, "resume"), os.path.join(out, "resume.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    save_model(model, os.path.join(tmp, "model.safetensors"))     # handles the tied embedding / lm_head
-    st = {f"{i}.{k}": v for i, s in opt.state_dict()["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    save_file({k: v.reshape(-1) if v.dim() == 0 else v for k, v in st.items()}, os.path.join(tmp, "optim.safetensors"))
+    save_file({k: v.contiguous() for k, v in msd.items()}, os.path.join(tmp, "model.safetensors"))
+    st = {f"{name}::{k}": v.reshape(-1) if v.dim() == 0 else v       # safetensors has no 0-d tensors
+          for name, s in osd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
+    save_file(st, os.path.join(tmp, "optim.safetensors"))
     with open(os.path.join(tmp, "step.json"), "w") as f:
         json.dump({"step": step}, f)
     shutil.rmtree(d, ignore_errors=True)
@@ -585,16 +634,25 @@ def save_resume(model, opt, step: int, out: str) -> None:
 
 
 def load_resume(model, opt, out: str) -> int:
-    from safetensors.torch import load_file, load_model
+    """The step saved in out/resume (0 if none), after loading its weights and AdamW state into model and opt
+    (under FSDP every rank calls this and keeps its own shard)."""
+    from safetensors.torch import load_file
     d = os.path.join(out, "resume")
     if not os.path.isdir(d):
         return 0
-    load_model(model, os.path.join(d, "model.safetensors"))
-    sd = opt.state_dict()
-    for k, v in load_file(os.path.join(d, "optim.safetensors")).items():
-        i, name = k.split(".", 1)
-        sd["state"].setdefault(int(i), {})[name] = v.reshape(()) if name == "step" else v
-    opt.load_state_dict(sd)
+    missing, unexpected = set_model_state_dict(model, load_file(os.path.join(d, "model.safetensors")),
+                                               options=StateDictOptions(full_state_dict=True, strict=False))
+    lost = set(missing) - tied_aliases(model)                       # only a tied alias may be absent
+    if unexpected or lost:
+        raise SystemExit(f"{d}: resume state does not fit this model (missing {sorted(lost)[:3]}, "
+                         f"unexpected {sorted(unexpected)[:3]})")
+    state = {}
+    for key, v in load_file(os.path.join(d, "optim.safetensors")).items():
+        name, k = key.rsplit("::", 1)
+        state.setdefault(name, {})[k] = v.reshape(()) if k == "step" else v
+    groups = get_optimizer_state_dict(model, opt)["param_groups"]   # this run's hyper-parameters, every rank
+    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))
     with open(os.path.join(d, "step.json")) as f:
         return json.load(f)["step"]
 
@@ -607,11 +665,22 @@ def lr_at(step: int, total: int, warmup: float) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
 
 
+def shard(model) -> None:
+    """FSDP2 in place: each ViT block and each decoder layer is one unit (its weights are gathered just for its
+    own forward and backward); the vision tower (patch embed, merger) and the tiny model's adapter are units too,
+    because `generate` encodes the image outside the root's forward; the root holds the rest (embeddings and
+    the tied LM head)."""
+    adapter = getattr(model.model, "vision_adapter", None)
+    for unit in [*model.model.visual.blocks, model.model.visual, *model.model.language_model.layers, adapter, model]:
+        if unit is not None:
+            fully_shard(unit)
+
+
 def main(cfg: Config) -> dict:
-    if cfg.fsdp:
-        raise SystemExit("sft.py: --fsdp is not implemented yet; use torchrun (DDP) with --bf16 --grad-ckpt")
     ddp, rank, world_size, device = setup_distributed(cfg.seed)
     master = rank == 0
+    fsdp = ddp and cfg.fsdp                                        # one process: nothing to shard
+    evaluating = master or fsdp                                     # a sharded forward needs every rank
     mix = parse_mix(cfg.mix)
     ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
@@ -659,17 +728,19 @@ def main(cfg: Config) -> dict:
         raise SystemExit(f"sft.py: --global-batch {cfg.global_batch} must be a multiple of --micro-batch × ranks "
                          f"({cfg.micro_batch} × {world_size})")
     total = cfg.steps or max(1, int(cfg.epochs * len(train) / cfg.global_batch))
+    if fsdp:                                                        # before the optimizer: it must see the shards
+        shard(model)
     vision = [p for n, p in model.named_parameters() if ("visual" in n or "vision_adapter" in n) and p.requires_grad]
     other = [p for n, p in model.named_parameters() if not ("visual" in n or "vision_adapter" in n) and p.requires_grad]
     opt = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
                              {"params": vision, "lr": cfg.lr * cfg.vision_lr_mult}],
                             lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
     start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    if ddp:
+    if ddp and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        wrapped = model
+        wrapped = model                                             # FSDP2 shards the module in place
     raw = model                                                     # unwrapped handle: saving and generation
     dtype = "bf16 autocast (GPU)" if cfg.bf16 and device.type == "cuda" else "fp32 (CPU: bf16 autocast is slow and lossy here)"
     if master:
@@ -680,9 +751,10 @@ def main(cfg: Config) -> dict:
               f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {time.time() - t0:.1f}s")
 
     metrics = {"before": None}
-    if master and start == 0 and cfg.model != "tiny":
+    if evaluating and start == 0 and cfg.model != "tiny":
         metrics["before"] = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-        print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
+        if master:
+            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
     history = []
     bar = tqdm(range(start, total), disable=not master, desc="sft", dynamic_ncols=True)
     tok_count, t_last = 0, time.time()
@@ -697,13 +769,15 @@ def main(cfg: Config) -> dict:
         n_glob = torch.tensor(float(n_tok))
         if ddp:
             dist.all_reduce(n_glob)
-        n_norm = n_glob.item() / world_size                           # DDP averages gradients over ranks
+        n_norm = n_glob.item() / world_size                           # DDP and FSDP average gradients over ranks
         for g in opt.param_groups:
             g["lr"] = g.setdefault("base_lr", g["lr"]) * lr_at(step, total, cfg.warmup)
         loss_sum = 0.0
         for i, x in enumerate(inputs):
             x = {k: v.to(device) for k, v in x.items()}
-            if ddp:                                                 # sync gradients on the last micro-step only
+            if fsdp:                                                # sync gradients on the last micro-step only
+                wrapped.set_requires_gradient_sync(i == len(inputs) - 1)
+            elif ddp:
                 wrapped.require_backward_grad_sync = i == len(inputs) - 1
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
                 loss = response_loss(wrapped, x, n_norm)
@@ -723,25 +797,30 @@ def main(cfg: Config) -> dict:
             dt = time.time() - t_last
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}",
                             tok_s=f"{tok_count * world_size / max(dt, 1e-9):.0f}")
-        if master and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+        if evaluating and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             m = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens)
             c = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens, shuffle=True)
-            bar.write(f"step {step + 1} (true / shuffled images): " +
-                      " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1")))
-        if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
-            os.makedirs(cfg.out, exist_ok=True)
-            save_resume(raw, opt, step + 1, cfg.out)
+            if master:
+                bar.write(f"step {step + 1} (true / shuffled images): " +
+                          " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1")))
+        if evaluating and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+            state = full_state(raw, opt)                            # FSDP: gathered by every rank
+            if master:
+                os.makedirs(cfg.out, exist_ok=True)
+                save_resume(raw, opt, step + 1, cfg.out, state)
     train_time = time.time() - t0
 
-    if master:
+    if evaluating:
         after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
         shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+        weights = full_state(raw) if fsdp else None                 # FSDP: gathered by every rank
+    if master:
         metrics.update({"after": after, "after_image_shuffle": shuffled, "loss_first": history[0] if history else None,
                         "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
                         "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})
         print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
         print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
-        save_checkpoint(raw, proc, fast, vocab, cfg.out, {
+        save_checkpoint(raw, proc, fast, vocab, cfg.out, state_dict=weights, extra={
             "metrics.json": metrics, "stage2.json": {"data": os.path.abspath(cfg.data), "data_format": cfg.data_format,
                                            "drop_noops": cfg.drop_noops, "episodes": stage2_eps},
             "sft_config.json": asdict(cfg)})
