@@ -745,7 +745,7 @@ def main(cfg: Config) -> dict:
     dtype = "bf16 autocast (GPU)" if cfg.bf16 and device.type == "cuda" else "fp32 (CPU: bf16 autocast is slow and lossy here)"
     if master:
         n_par = sum(p.numel() for p in raw.parameters())
-        print(f"sft.py | device {device} × {world_size} | {dtype} | {n_par / 1e6:.2f} M parameters | "
+        print(f"sft.py | device {device} × {world_size} ({'FSDP2' if fsdp else 'DDP' if ddp else 'one process'}) | {dtype} | {n_par / 1e6:.2f} M parameters | "
               f"batch {cfg.global_batch} = {cfg.micro_batch} micro × {micro_steps} accum × {world_size} ranks | "
               f"{len(train)} train samples {dict((k, sum(s.kind == k for s in train)) for k in mix)} | "
               f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {time.time() - t0:.1f}s")
