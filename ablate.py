@@ -76,8 +76,8 @@ def parse_config(argv=None) -> Config:
 # ----------------------------------------------------------------------------- what runs
 # Stage flags per preset. smoke: every stage for a few steps (the test; minutes on the real demos, ~1 min on the
 # test fixture). small: ~35-40 min per seed for all 10 variants (25 distinct runs: 1 SFT, 4 GRPO, 1 ECoT, 9 VLAs of
-# ~1.5 min, 9 evaluations of 40 episodes), so ~2 h for 3 seeds on the 2-core CPU -- estimated from the README's
-# per-stage times, not measured. full: each stage's defaults except the paper's GRPO epoch and group size and the
+# ~1.5 min, 9 evaluations of 40 episodes), so ~2 h for 3 seeds on the 2-core CPU (measured in two parts: 49 + 67
+# min, README "Ablation results"). full: each stage's defaults except the paper's GRPO epoch and group size and the
 # LIBERO protocol's 50 trials per task (tiny model; the 7B recipes are in each stage's docstring).
 PRESETS = {
     "smoke": {

@@ -3,7 +3,9 @@
 A 1-nearest-neighbour "oracle" per task: memory = every other frame of the train episodes, key = the standardised
 flat world state (every body's pose, the hand, the gripper) plus the index of the expert's current phase; query =
 the val episodes. It reports how often the neighbour's FAST ids match the query's on the first 1/2/3 tokens, its
-prefix ratio r_a, and the per-task majority first token. If even this sees 5 % of first tokens, no model reading
+prefix ratio r_a, and the per-task majority first token. Then the ceiling of the reasoning's words: how often the
+majority first token given what sft.py's <think> text says about the motion (per-axis signs and the gripper words,
+data/prompts.py) is the right one — what a model that wrote perfect reasoning and then followed only it would get. If even this sees 5 % of first tokens, no model reading
 pixels will do better: the variation that decides the tokens is not in the state (operator speed, pauses, tremor).
 
     python bench/fast_predictability.py                                  # out/demos with its own fitted FAST
@@ -17,6 +19,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data import prompts  # noqa: E402
 from data.demos import DemoDataset, chunk_episode  # noqa: E402
 from fast_tokenizer import FastTokenizer  # noqa: E402
 
@@ -40,9 +43,14 @@ def main(argv=None):
     ds = DemoDataset(a.data)
     fast = FastTokenizer.fit(ds.action_chunks(a.horizon, "train"), a.vocab_size, a.scale)
     by_task = collections.defaultdict(lambda: {"train": [], "val": []})
+    by_words, words_val = collections.defaultdict(collections.Counter), []
     for i, e in enumerate(ds.episodes):
-        z = ds.load(i, ["sim_state", "actions", "phase"])
-        ids = fast.encode(chunk_episode(z["actions"], a.horizon)[::2])
+        z = ds.load(i, ["sim_state", "actions", "phase", "state"])
+        chunks = chunk_episode(z["actions"], a.horizon)
+        for c, first, q in zip(chunks, fast.encode(chunks), z["state"]):    # q[6:8] = (width/2, -width/2)
+            words = (tuple(prompts.motion_signs(c)), prompts.gripper_words(c, q[6] - q[7]))
+            (words_val.append((words, first[0])) if e["split"] == "val" else by_words[words].update([first[0]]))
+        ids = fast.encode(chunks[::2])
         order = list(dict.fromkeys(z["phase"]))                      # phases in the order the expert met them
         phase = np.array([order.index(s) for s in z["phase"]])[::2, None] * 10.0
         by_task[(e["suite"], e["task_id"])][e["split"]].append((np.concatenate([z["sim_state"][::2], phase], 1), ids))
@@ -66,6 +74,9 @@ def main(argv=None):
     print(f"{a.data}: FAST scale {a.scale:g}, vocab {a.vocab_size}, T {a.horizon}; {n} held-out chunks")
     print(f"1-NN on privileged state: first token {hits[0] / n:.3f}, first 2 {hits[1] / n:.3f}, first 3 {hits[2] / n:.3f}, "
           f"prefix ratio {prefix / n:.3f} | per-task majority first token {majority / n:.3f}")
+    hit = np.mean([bool(by_words[w]) and by_words[w].most_common(1)[0][0] == t for w, t in words_val])
+    print(f"majority first token given the reasoning's motion words (signs per axis, gripper): {hit:.3f} "
+          f"of {len(words_val)} held-out chunks")
 
 
 if __name__ == "__main__":
