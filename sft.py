@@ -680,7 +680,7 @@ def main(cfg: Config) -> dict:
     ddp, rank, world_size, device = setup_distributed(cfg.seed)
     master = rank == 0
     fsdp = ddp and cfg.fsdp                                        # one process: nothing to shard
-    evaluating = master or fsdp                                     # a sharded forward needs every rank
+    runs_model = master or fsdp             # evaluates, gathers and saves the model: every rank when it is sharded
     mix = parse_mix(cfg.mix)
     ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
@@ -751,7 +751,7 @@ def main(cfg: Config) -> dict:
               f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {time.time() - t0:.1f}s")
 
     metrics = {"before": None}
-    if evaluating and start == 0 and cfg.model != "tiny":
+    if runs_model and start == 0 and cfg.model != "tiny":
         metrics["before"] = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
         if master:
             print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
@@ -797,20 +797,20 @@ def main(cfg: Config) -> dict:
             dt = time.time() - t_last
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}",
                             tok_s=f"{tok_count * world_size / max(dt, 1e-9):.0f}")
-        if evaluating and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
+        if runs_model and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
             m = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens)
             c = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens, shuffle=True)
             if master:
                 bar.write(f"step {step + 1} (true / shuffled images): " +
                           " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1")))
-        if evaluating and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
+        if runs_model and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             state = full_state(raw, opt)                            # FSDP: gathered by every rank
             if master:
                 os.makedirs(cfg.out, exist_ok=True)
                 save_resume(raw, opt, step + 1, cfg.out, state)
     train_time = time.time() - t0
 
-    if evaluating:
+    if runs_model:
         after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
         shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
         weights = full_state(raw) if fsdp else None                 # FSDP: gathered by every rank

@@ -3,10 +3,11 @@
 A 1-nearest-neighbour "oracle" per task: memory = every other frame of the train episodes, key = the standardised
 flat world state (every body's pose, the hand, the gripper) plus the index of the expert's current phase; query =
 the val episodes. It reports how often the neighbour's FAST ids match the query's on the first 1/2/3 tokens, its
-prefix ratio r_a, and the per-task majority first token. Then the ceiling of the reasoning's words: how often the
-majority first token given what sft.py's <think> text says about the motion (per-axis signs and the gripper words,
-data/prompts.py) is the right one — what a model that wrote perfect reasoning and then followed only it would get. If even this sees 5 % of first tokens, no model reading
+prefix ratio r_a, and the per-task majority first token. If even this sees 5 % of first tokens, no model reading
 pixels will do better: the variation that decides the tokens is not in the state (operator speed, pauses, tremor).
+Then the ceiling of the reasoning's words: how often the majority first token given what sft.py's <think> text says
+about the motion (per-axis signs and the gripper words, data/prompts.py) is the right one — what a model that wrote
+perfect reasoning and then followed only it would get.
 
     python bench/fast_predictability.py                                  # out/demos with its own fitted FAST
     python bench/fast_predictability.py --data out/demos --scale 10      # the paper's scale
@@ -47,10 +48,11 @@ def main(argv=None):
     for i, e in enumerate(ds.episodes):
         z = ds.load(i, ["sim_state", "actions", "phase", "state"])
         chunks = chunk_episode(z["actions"], a.horizon)
-        for c, first, q in zip(chunks, fast.encode(chunks), z["state"]):    # q[6:8] = (width/2, -width/2)
+        all_ids = fast.encode(chunks)
+        for c, first, q in zip(chunks, all_ids, z["state"]):              # q[6:8] = (width/2, -width/2)
             words = (tuple(prompts.motion_signs(c)), prompts.gripper_words(c, q[6] - q[7]))
             (words_val.append((words, first[0])) if e["split"] == "val" else by_words[words].update([first[0]]))
-        ids = fast.encode(chunks[::2])
+        ids = all_ids[::2]
         order = list(dict.fromkeys(z["phase"]))                      # phases in the order the expert met them
         phase = np.array([order.index(s) for s in z["phase"]])[::2, None] * 10.0
         by_task[(e["suite"], e["task_id"])][e["split"]].append((np.concatenate([z["sim_state"][::2], phase], 1), ids))
