@@ -169,8 +169,10 @@ class MiniBackend(Backend):
     def default_render_size(self, policy_size: int) -> int:
         return policy_size                    # rendering at any size costs the same here: no resize needed
 
-    def make_env(self, suite, i, size, seed, render=True):
-        env = OffScreenRenderEnv(self.bench(suite).get_task(i), camera_heights=size, camera_widths=size, render=render)
+    def make_env(self, suite, i, size, seed, render=True, wrist=True):
+        cams = ("agentview", "robot0_eye_in_hand") if wrist else ("agentview",)
+        env = OffScreenRenderEnv(self.bench(suite).get_task(i), camera_heights=size, camera_widths=size, render=render,
+                                 camera_names=cams)
         env.seed(seed)
         return env
 
@@ -198,7 +200,7 @@ class LiberoBackend(Backend):
         return {"mujoco": mujoco.__version__, "robosuite": robosuite.__version__,
                 "MUJOCO_GL": os.environ.get("MUJOCO_GL", "")}
 
-    def make_env(self, suite, i, size, seed, render=True):   # robosuite's cameras are part of the env: always on
+    def make_env(self, suite, i, size, seed, render=True, wrist=True):   # robosuite's cameras: always both on
         from libero.libero.envs import OffScreenRenderEnv as LiberoEnv
         task = self.bench(suite).get_task(i)
         bddl = os.path.join(self.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
@@ -377,12 +379,13 @@ def run_eval(cfg: Config, policy=None, backend=None) -> dict:
     policy = policy if policy is not None else load_policy(cfg)
     size = cfg.render_size or backend.default_render_size(policy.image_size)
     render = cfg.video or getattr(policy, "uses_images", True)
+    wrist = cfg.video or getattr(policy, "uses_wrist", True)    # a VLA without --wrist: mini renders one camera
     episodes = plan_episodes(cfg, backend)
     os.makedirs(os.path.join(cfg.out, "videos") if cfg.video else cfg.out, exist_ok=True)
     done, log = open_log(os.path.join(cfg.out, "episodes.jsonl"), cfg)
     pending = deque(e for e in episodes if ep_key(e) not in done)
     print(f"{cfg.env} backend, policy {cfg.policy}: {len(episodes)} episodes, {len(episodes) - len(pending)} already done; "
-          f"render {f'{size}px' if render else 'off'} -> policy {policy.image_size}px, replan every {cfg.replan_steps}, {cfg.num_envs} envs in lockstep")
+          f"render {f'{size}px' + ('' if wrist else ' agentview only') if render else 'off'} -> policy {policy.image_size}px, replan every {cfg.replan_steps}, {cfg.num_envs} envs in lockstep")
     slots = [Slot(ChunkQueue(cfg.replan_steps)) for _ in range(min(cfg.num_envs, len(pending)))]
     bar = tqdm(total=len(pending), unit="ep", dynamic_ncols=True)
     # steps/s counts the time spent stepping (settle steps, policy calls, env steps), not env builds and
@@ -416,7 +419,7 @@ def run_eval(cfg: Config, policy=None, backend=None) -> dict:
                     if s.env_task != key:
                         old, s.env, s.env_task = s.env, None, None
                         if old is not None: old.close()
-                        s.env, s.env_task = backend.make_env(*key, size, cfg.seed, render), key
+                        s.env, s.env_task = backend.make_env(*key, size, cfg.seed, render, wrist), key
                     s.env.reset()
                     s.obs = s.env.set_init_state(backend.init_states(*key)[s.ep["init"]])
                     t = time.perf_counter()

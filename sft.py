@@ -307,12 +307,14 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
     worlds = task_worlds(ds) if privileged else None
     scale = None if privileged else prompts.motion_scale(ds.stats)
     kinds, p = list(mix), np.array(list(mix.values()), float) / sum(mix.values())
+    eps = [ds.load(e, ["actions", "sim_state", "phase"] if privileged else ["actions", "state"]) for e in episodes]
+    chunks_of = [chunk_episode(ep["actions"], fast.time_horizon) for ep in eps]          # [T, H, 7] each
+    # one encode call for every chunk: BPE's pass over the merge list is paid once, not once per episode (~20 s)
+    all_ids, ends = fast.encode(np.concatenate(chunks_of)), np.cumsum([len(c) for c in chunks_of])
     out = []
-    for e in episodes:
+    for e, ep, chunks, end in zip(episodes, eps, chunks_of, ends):
         rec = ds.episodes[e]
-        ep = ds.load(e, ["actions", "sim_state", "phase"] if privileged else ["actions", "state"])
-        chunks = chunk_episode(ep["actions"], fast.time_horizon)             # [T, H, 7]
-        ids = fast.encode(chunks)
+        ids = all_ids[end - len(chunks):end]
         world, plan = worlds[(rec["suite"], rec["task_id"])] if privileged else (None, None)
         for t in range(len(chunks)):
             if privileged:

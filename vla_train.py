@@ -150,7 +150,18 @@ def features(model, x: dict, layer: int):
 
 @torch.no_grad()
 def encode(model, proc, images, wrists, texts, layer: int, device):
-    return features(model, prepare(proc, images, wrists, texts, device), layer)
+    """features() of the frozen backbone without the decoder blocks above `layer`: in a causal stack they cannot
+    change hidden_states[layer], so they are skipped (a quarter of the decoder at the default layer 3 of 4). With
+    the final norm set aside too, the truncated stack's last hidden state is the full stack's hidden_states[layer]."""
+    x = prepare(proc, images, wrists, texts, device)
+    lm = model.model.language_model
+    blocks, norm = lm.layers, lm.norm
+    if layer < len(blocks):                  # (at the top block, hidden_states[L] is the normed last state anyway)
+        lm.layers, lm.norm = blocks[:layer], nn.Identity()
+    try:           # last_hidden_state, not output_hidden_states: HF hooks the blocks present at the first such call
+        return model.model(**x).last_hidden_state, x["attention_mask"].bool()
+    finally:
+        lm.layers, lm.norm = blocks, norm
 
 
 def default_layer(model) -> int:
@@ -240,6 +251,7 @@ class Policy:
     def __init__(self, model, proc, head, vcfg: dict, device="cpu"):
         self.model, self.proc, self.head, self.vcfg, self.device = model.eval(), proc, head.eval(), vcfg, device
         self.image_size = vcfg["image_size"]
+        self.uses_wrist = vcfg["wrist"]               # eval_libero.py renders the wrist camera only if it is read
         self.horizon = vcfg["head"]["horizon"]
 
     @classmethod

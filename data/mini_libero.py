@@ -81,10 +81,14 @@ def get_benchmark_dict() -> dict:
 class OffScreenRenderEnv:
     """One task's environment. Like LIBERO: build it, reset(), set_init_state(init_states[k]), step()."""
 
-    def __init__(self, task: Task, camera_heights: int = 128, camera_widths: int = 128, render: bool = True):
+    def __init__(self, task: Task, camera_heights: int = 128, camera_widths: int = 128, render: bool = True,
+                 camera_names=("agentview", "robot0_eye_in_hand")):
         if camera_heights != camera_widths:
             raise ValueError("mini-LIBERO renders square images: camera_heights must equal camera_widths")
+        if not set(camera_names) <= {"agentview", "robot0_eye_in_hand"} or "agentview" not in camera_names:
+            raise ValueError(f"camera_names {camera_names}: expected agentview, optionally robot0_eye_in_hand")
         self.task, self.size, self.do_render = task, camera_heights, render
+        self.wrist = "robot0_eye_in_hand" in camera_names       # LIBERO's camera names; each camera costs a render
         self.world, self.plan = task.scene(0)
         self.renderer = Renderer(self.world, self.size) if render else None
         self._seed = 0
@@ -119,8 +123,10 @@ class OffScreenRenderEnv:
         obs = {"robot0_eef_pos": w.eef_pos.copy(), "robot0_eef_quat": w.eef_quat.copy(),
                "robot0_gripper_qpos": np.array([w.width / 2, -w.width / 2])}
         if self.do_render:
-            agent, wrist = self.renderer.render()
-            obs["agentview_image"], obs["robot0_eye_in_hand_image"] = flip_image(agent), flip_image(wrist)
+            agent, wrist = self.renderer.render(self.wrist)
+            obs["agentview_image"] = flip_image(agent)
+            if wrist is not None:
+                obs["robot0_eye_in_hand_image"] = flip_image(wrist)
         for i, b in enumerate(w.bodies):
             obs[f"{b.name}_pos"] = w.pos[i].copy()
         return obs

@@ -207,11 +207,13 @@ class Renderer:
             draw.polygon(pts[i, : self.nvert[i]].ravel().tolist(), fill=colors[i])
         return img
 
-    def render(self) -> tuple[np.ndarray, np.ndarray]:
-        """(agentview, eye_in_hand) uint8 [size, size, 3], upright."""
+    def render(self, wrist: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(agentview, eye_in_hand) uint8 [size, size, 3], upright; eye_in_hand is None when `wrist` is off."""
         pos, yaw = self._pose()
         wv = self._world_vertices(pos, yaw)
         agent = self._draw(self._background.copy(), wv, yaw, AGENT_POS, AGENT_BASIS, AGENT_FOV)
+        if not wrist:
+            return np.asarray(agent), None
         # wrist camera: 12 cm above the fingertips looking straight down, image "up" = gripper forward
         w = self.world
         g = quat_yaw(w.eef_quat)

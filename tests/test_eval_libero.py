@@ -67,7 +67,7 @@ class FakeBackend:
     def init_states(self, suite, i): return np.zeros((50, 3))
     def versions(self): return {}
 
-    def make_env(self, suite, i, size, seed, render=True):
+    def make_env(self, suite, i, size, seed, render=True, wrist=True):
         self.envs.append(FakeEnv(self.succeed_at))
         return self.envs[-1]
 
@@ -133,6 +133,19 @@ def test_policy_gets_upright_frames_8d_proprio_and_the_instruction(tmp_path):
     assert np.array_equal(images[0], flip_image(backend.envs[0].raw)) and np.array_equal(wrists[0], images[0])
     assert proprio.shape == (1, 8) and proprio.dtype == np.float32
     assert instr == ["task 1"]
+
+
+def test_a_policy_without_the_wrist_camera_gets_an_env_that_renders_agentview_only(tmp_path):
+    class Recording(E.MiniBackend):
+        def make_env(self, suite, i, size, seed, render=True, wrist=True):
+            self.wrist = wrist
+            return super().make_env(suite, i, size, seed, render, wrist)
+    policy, backend = CountingChunkPolicy(), Recording()
+    policy.image_size, policy.uses_wrist = 32, False
+    E.run_eval(cfg(tmp_path, "--suite", "goal", "--tasks", "0", "--trials-per-task", "1", "--max-steps", "2"),
+               policy=policy, backend=backend)
+    images, wrists, _, _ = policy.inputs[0]
+    assert backend.wrist is False and wrists is None and images.shape == (1, 32, 32, 3)
 
 
 def test_settle_steps_are_not_counted_against_max_steps(tmp_path):
@@ -303,8 +316,8 @@ def real_backend():
 
     class Recording(E.LiberoBackend):             # keeps the raw observations so the test can check the flip
         raw = []
-        def make_env(self, suite, i, size, seed, render=True):
-            env = super().make_env(suite, i, size, seed, render)
+        def make_env(self, suite, i, size, seed, render=True, wrist=True):
+            env = super().make_env(suite, i, size, seed, render, wrist)
             step, set_init = env.step, env.set_init_state
             def rec_step(a):
                 out = step(a); Recording.raw.append(out[0]); return out

@@ -81,6 +81,10 @@ def test_observation_keys_shapes_and_flip_convention():
     assert upright[:5].mean() < upright[-5:].mean()
     p = proprio_from_obs(obs)
     assert p.shape == (8,) and np.allclose(p[6:], [MAX_WIDTH / 2, -MAX_WIDTH / 2])
+    # one camera on request (LIBERO's camera_names): the same agentview frame, no wrist frame
+    one = OffScreenRenderEnv(task, 96, 96, camera_names=("agentview",))
+    obs1 = one.set_init_state(get_benchmark("spatial").get_task_init_states(0)[0])
+    assert np.array_equal(obs1["agentview_image"], obs["agentview_image"]) and "robot0_eye_in_hand_image" not in obs1
 
 
 # ----------------------------------------------------------------------------- actions

@@ -60,6 +60,18 @@ def test_cached_features_train_exactly_like_fresh_ones(setup):
     torch.testing.assert_close(cond[idx[0]][mask[idx[0]]], fresh[0][fmask[0]][-n:], rtol=1e-5, atol=1e-5)
 
 
+def test_encode_skips_the_blocks_above_the_layer_and_gives_the_full_models_hidden_states(setup):
+    cfg, ns, model, proc, rows = setup
+    x = V.prepare(proc, rows["img"][:3], None, rows["text"][:3], "cpu")
+    n_blocks = len(model.model.language_model.layers)
+    for layer in (1, n_blocks - 1, n_blocks):                # n_blocks: the top, where nothing is skipped
+        fast, _ = V.encode(model, proc, rows["img"][:3], None, rows["text"][:3], layer, "cpu")   # first: no trace left
+        with torch.no_grad():
+            full = model.model(**x, output_hidden_states=True).hidden_states[layer]
+        torch.testing.assert_close(fast, full, rtol=0, atol=0)
+    assert len(model.model.language_model.layers) == n_blocks and not isinstance(model.model.language_model.norm, torch.nn.Identity)
+
+
 def test_frozen_backbone_gets_no_gradient(setup):
     cfg, ns, model, proc, rows = setup
     h, m = V.encode(model, proc, rows["img"][:2], None, rows["text"][:2], 2, "cpu")
