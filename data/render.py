@@ -202,9 +202,9 @@ class Renderer:
             for i in self.burner:
                 colors[i] = (235, 70, 30)
         draw = ImageDraw.Draw(img)
-        pts = uv[self.faces]                                       # [F, K, 2]
-        for i in idx:
-            draw.polygon(pts[i, : self.nvert[i]].ravel().tolist(), fill=colors[i])
+        pts = uv[self.faces[idx]].reshape(len(idx), -1).tolist()   # [F', K*2] as lists: one conversion, not one per face
+        for i, p in zip(idx.tolist(), pts):
+            draw.polygon(p[: 2 * self.nvert[i]], fill=colors[i])
         return img
 
     def render(self, wrist: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
