@@ -87,6 +87,15 @@ def test_observation_keys_shapes_and_flip_convention():
     assert np.array_equal(obs1["agentview_image"], obs["agentview_image"]) and "robot0_eye_in_hand_image" not in obs1
 
 
+@pytest.mark.parametrize("shape,dtype", [((128, 128, 3), np.uint8), ((7, 5), np.float32), ((6, 4, 4), np.float64)])
+def test_flip_image_is_a_180_degree_turn_into_a_new_contiguous_array(shape, dtype):
+    img = (np.random.default_rng(0).random(shape) * 255).astype(dtype)
+    for x in (img, img[::2]):                                               # contiguous and strided input
+        out = flip_image(x)
+        assert np.array_equal(out, x[::-1, ::-1]) and out.dtype == x.dtype and out.flags.c_contiguous
+        assert not np.shares_memory(out, x)
+
+
 # ----------------------------------------------------------------------------- actions
 def test_actions_are_clipped_and_nan_rejected():
     a, b = scene(), scene()
