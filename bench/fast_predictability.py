@@ -51,7 +51,10 @@ def main(argv=None):
         all_ids = fast.encode(chunks)
         for c, first, q in zip(chunks, all_ids, z["state"]):              # q[6:8] = (width/2, -width/2)
             words = (tuple(prompts.motion_signs(c)), prompts.gripper_words(c, q[6] - q[7]))
-            (words_val.append((words, first[0])) if e["split"] == "val" else by_words[words].update([first[0]]))
+            if e["split"] == "val":
+                words_val.append((words, first[0]))
+            else:
+                by_words[words].update([first[0]])
         ids = all_ids[::2]
         order = list(dict.fromkeys(z["phase"]))                      # phases in the order the expert met them
         phase = np.array([order.index(s) for s in z["phase"]])[::2, None] * 10.0
