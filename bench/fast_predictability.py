@@ -11,6 +11,14 @@ perfect reasoning and then followed only it would get.
 
     python bench/fast_predictability.py                                  # out/demos with its own fitted FAST
     python bench/fast_predictability.py --data out/demos --scale 10      # the paper's scale
+    python bench/fast_predictability.py --generate 10 --controller axis --horizon 5 --vocab-size 256
+        # would another expert or FAST setting make the tokens decidable? episodes made on the fly, no images (~6 s)
+
+Controllers (--controller, the expert's translation law; `line` is data/expert.py's, the one the demos use):
+    line  P-control along a straight line, the largest axis capped at the speed: the other axes move at
+          continuous fractions of it, set by the remaining distance
+    axis  each axis capped on its own (bang-bang, L-shaped paths): an axis moves at full speed or arrives
+    snap  each axis at full speed or 0 (dead zone of half a step), P-control only for the last step
 """
 import argparse
 import collections
@@ -21,8 +29,42 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import prompts  # noqa: E402
-from data.demos import DemoDataset, chunk_episode  # noqa: E402
+from data.demos import DEMO_INIT_OFFSET, DemoDataset, chunk_episode, is_val  # noqa: E402
+from data.expert import Expert  # noqa: E402
+from data.mini_libero import expert_episode  # noqa: E402
+from data.scenes import SUITES, suite_tasks  # noqa: E402
+from data.world import POS_SCALE  # noqa: E402
 from fast_tokenizer import FastTokenizer  # noqa: E402
+
+
+class AxisExpert(Expert):
+    def _command(self, err, vmax):
+        return np.clip(err / POS_SCALE, -vmax, vmax)
+
+
+class SnapExpert(Expert):
+    def _command(self, err, vmax):
+        cmd = np.where(np.abs(err) > 0.5 * vmax * POS_SCALE, np.sign(err) * vmax, 0.0)
+        return cmd if cmd.any() else err / POS_SCALE
+
+
+CONTROLLERS = {"line": Expert, "axis": AxisExpert, "snap": SnapExpert}
+
+
+def generated_episodes(per_task: int, controller: str) -> list:
+    """Expert episodes without images, split like the demos: [(record, {sim_state, actions, phase, state})]."""
+    out = []
+    for suite in SUITES:
+        for task in suite_tasks(suite):
+            j, k = 0, DEMO_INIT_OFFSET
+            while j < per_task and k < DEMO_INIT_OFFSET + 4 * per_task + 20:
+                ep = expert_episode(task, k, render=False, expert_cls=CONTROLLERS[controller])
+                k += 1
+                if ep["success"]:
+                    rec = {"suite": suite, "task_id": task.task_id, "split": "val" if is_val(j, per_task) else "train"}
+                    out.append((rec, {key: np.stack(ep[key]) for key in ("sim_state", "actions", "phase", "state")}))
+                    j += 1
+    return out
 
 
 def prefix_len(a, b) -> int:
@@ -40,13 +82,22 @@ def main(argv=None):
     p.add_argument("--scale", type=float, default=2.0, help="FAST scale (fitted here on the train split)")
     p.add_argument("--vocab-size", type=int, default=1024, help="FAST vocabulary size")
     p.add_argument("--horizon", type=int, default=10, help="chunk length T")
+    p.add_argument("--generate", type=int, default=0, help="make N episodes per task on the fly (no images) instead of reading --data")
+    p.add_argument("--controller", default="line", choices=sorted(CONTROLLERS), help="the expert's translation law (with --generate)")
     a = p.parse_args(argv)
-    ds = DemoDataset(a.data)
-    fast = FastTokenizer.fit(ds.action_chunks(a.horizon, "train"), a.vocab_size, a.scale)
+    if a.controller != "line" and not a.generate:
+        p.error("--controller needs --generate: the demos on disk were made by the line controller")
+    if a.generate:
+        episodes, source = generated_episodes(a.generate, a.controller), f"{a.controller} expert, {a.generate} per task"
+    else:
+        ds = DemoDataset(a.data)
+        episodes = [(e, ds.load(i, ["sim_state", "actions", "phase", "state"])) for i, e in enumerate(ds.episodes)]
+        source = a.data
+    train = np.concatenate([chunk_episode(z["actions"], a.horizon) for e, z in episodes if e["split"] == "train"])
+    fast = FastTokenizer.fit(train, a.vocab_size, a.scale)
     by_task = collections.defaultdict(lambda: {"train": [], "val": []})
     by_words, words_val = collections.defaultdict(collections.Counter), []
-    for i, e in enumerate(ds.episodes):
-        z = ds.load(i, ["sim_state", "actions", "phase", "state"])
+    for e, z in episodes:
         chunks = chunk_episode(z["actions"], a.horizon)
         all_ids = fast.encode(chunks)
         for c, first, q in zip(chunks, all_ids, z["state"]):              # q[6:8] = (width/2, -width/2)
@@ -76,7 +127,7 @@ def main(argv=None):
                 prefix += k / len(y)
                 majority += y[0] == top
                 n += 1
-    print(f"{a.data}: FAST scale {a.scale:g}, vocab {a.vocab_size}, T {a.horizon}; {n} held-out chunks")
+    print(f"{source}: FAST scale {a.scale:g}, vocab {a.vocab_size}, T {a.horizon}; {n} held-out chunks")
     print(f"1-NN on privileged state: first token {hits[0] / n:.3f}, first 2 {hits[1] / n:.3f}, first 3 {hits[2] / n:.3f}, "
           f"prefix ratio {prefix / n:.3f} | per-task majority first token {majority / n:.3f}")
     hit = np.mean([bool(by_words[w]) and by_words[w].most_common(1)[0][0] == t for w, t in words_val])

@@ -81,9 +81,15 @@ class Expert:
             err = np.asarray(target(), float) - self.w.eef_pos if callable(target) else np.asarray(target) - self.w.eef_pos
             if np.linalg.norm(err) < tol:
                 return
-            cmd = err / POS_SCALE * 1.0                                  # P-control: decelerate near the goal
-            n = np.abs(cmd).max()
-            yield self._action(cmd * min(1.0, vmax / n) if n > 0 else cmd, **kw)
+            yield self._action(self._command(err, vmax), **kw)
+
+    def _command(self, err: np.ndarray, vmax: float) -> np.ndarray:
+        """Translation command for the remaining error err [3] (metres): P-control with gain 1 (it would arrive in
+        one step), along a straight line, scaled so the largest axis is at most vmax. Subclasses change the law
+        (bench/fast_predictability.py --controller)."""
+        cmd = err / POS_SCALE
+        n = np.abs(cmd).max()
+        return cmd * min(1.0, vmax / n) if n > 0 else cmd
 
     def _hold(self, n: int, **kw) -> Iterator[np.ndarray]:
         for _ in range(n):

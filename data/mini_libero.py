@@ -148,12 +148,13 @@ def proprio_from_obs(obs: dict) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- expert rollouts
 def expert_episode(task: Task, k: int, seed: int = 0, render: bool = True, size: int = 128,
-                   max_steps: int | None = None, record: bool = True) -> dict:
-    """Run the scripted expert from init state k. Returns the recorded episode (upright images)."""
+                   max_steps: int | None = None, record: bool = True, expert_cls=Expert) -> dict:
+    """Run the scripted expert (`expert_cls`: Expert or a subclass) from init state k. Returns the recorded
+    episode (upright images)."""
     env = OffScreenRenderEnv(task, size, size, render=render)
     world, plan = task.scene(k)
     obs = env.set_init_state(world.get_state())
-    expert = Expert(env.world, plan, np.random.default_rng([seed, k, task.task_id, SUITES.index(task.suite)]))
+    expert = expert_cls(env.world, plan, np.random.default_rng([seed, k, task.task_id, SUITES.index(task.suite)]))
     limit = max_steps or MAX_STEPS[task.suite]
     rec = {k_: [] for k_ in ("agentview_rgb", "eye_in_hand_rgb", "state", "actions", "sim_state", "phase")}
     success = False

@@ -304,3 +304,19 @@ def test_expert_variation_is_only_what_a_frame_shows():
     assert not np.allclose(first_actions(True, 1), first_actions(True, 2))
     a = first_actions(False, 1)
     assert np.isclose(np.abs(a[0, :3]).max(), 0.85)          # far from the goal: the fixed top speed
+
+
+def test_expert_episode_runs_the_given_controller():
+    """expert_episode(expert_cls=…) drives the episode with that controller (bench/fast_predictability.py swaps the
+    translation law this way): a controller that never translates moves no axis and fails the task."""
+    from data.expert import Expert
+
+    class Still(Expert):
+        def _command(self, err, vmax):
+            return np.zeros(3)
+
+    task = suite_tasks("spatial")[0]
+    still = expert_episode(task, 1000, render=False, max_steps=40, expert_cls=Still)
+    moving = expert_episode(task, 1000, render=False, max_steps=40)
+    assert np.abs(np.stack(still["actions"])[:, :3]).max() == 0 and not still["success"]
+    assert np.abs(np.stack(moving["actions"])[:, :3]).max() > 0.5
