@@ -29,9 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import prompts  # noqa: E402
-from data.demos import DEMO_INIT_OFFSET, DemoDataset, chunk_episode, is_val  # noqa: E402
+from data.demos import DemoDataset, chunk_episode, is_val, successful_episodes  # noqa: E402
 from data.expert import Expert  # noqa: E402
-from data.mini_libero import expert_episode  # noqa: E402
 from data.scenes import SUITES, suite_tasks  # noqa: E402
 from data.world import POS_SCALE  # noqa: E402
 from fast_tokenizer import FastTokenizer  # noqa: E402
@@ -56,14 +55,9 @@ def generated_episodes(per_task: int, controller: str) -> list:
     out = []
     for suite in SUITES:
         for task in suite_tasks(suite):
-            j, k = 0, DEMO_INIT_OFFSET
-            while j < per_task and k < DEMO_INIT_OFFSET + 4 * per_task + 20:
-                ep = expert_episode(task, k, render=False, expert_cls=CONTROLLERS[controller])
-                k += 1
-                if ep["success"]:
-                    rec = {"suite": suite, "task_id": task.task_id, "split": "val" if is_val(j, per_task) else "train"}
-                    out.append((rec, {key: np.stack(ep[key]) for key in ("sim_state", "actions", "phase", "state")}))
-                    j += 1
+            for j, _, ep in successful_episodes(task, per_task, render=False, expert_cls=CONTROLLERS[controller]):
+                rec = {"suite": suite, "task_id": task.task_id, "split": "val" if is_val(j, per_task) else "train"}
+                out.append((rec, {key: np.stack(ep[key]) for key in ("sim_state", "actions", "phase", "state")}))
     return out
 
 

@@ -13,7 +13,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sft  # noqa: E402
@@ -29,7 +28,6 @@ def main(argv=None):
     p.add_argument("--stage2-frac", type=float, default=0.1, help="the GRPO reserve of the run that made --model")
     p.add_argument("--seed", type=int, default=0, help="the seed of the run that made --model")
     a = p.parse_args(argv)
-    torch.manual_seed(0)
     ds = open_dataset(a.data)
     model, proc, fast, vocab = sft.load_backbone(a.model)
     proc.tokenizer.padding_side = "left"
@@ -40,14 +38,13 @@ def main(argv=None):
         for k in a.kinds.split(","):
             s = sft.build_samples(ds, eps, fast, {k: 1.0}, a.seed + 1)
             prompts += [s[i] for i in np.random.default_rng(0).permutation(len(s))[: a.prompts]]
-        m = sft.evaluate(model, proc, vocab, fast, prompts, sft.Frames(ds, sorted(set(eps))))
+        m = sft.evaluate(model, proc, vocab, fast, prompts, sft.Frames(ds, eps))
         for k, v in m.items():
             rows.setdefault(k, {})[split] = v
     print(f"{a.model} on {a.data}: mean [95 % interval] over {a.prompts} prompts per kind")
     print("| figure | episodes it trained on | held-out episodes |\n|---|---|---|")
     for k, v in rows.items():
-        print(f"| {k} | " + " | ".join(f"{v[s][0]:.3f} [{v[s][1]:.3f}, {v[s][2]:.3f}]" if s in v else "–"
-                                       for s in ("trained on", "held out")) + " |")
+        print(f"| {k} | " + " | ".join(f"{v[s][0]:.3f} [{v[s][1]:.3f}, {v[s][2]:.3f}]" for s in ("trained on", "held out")) + " |")
 
 
 if __name__ == "__main__":

@@ -60,19 +60,28 @@ def _describe(values: np.ndarray) -> dict:
             "max": values.max(0).tolist(), "q01": q[0].tolist(), "q99": q[1].tolist()}
 
 
-def _generate_task(job):
-    """Worker: successful demos for one task, saved as npz files; returns their episode records."""
+def successful_episodes(task, per_task: int, seed: int = 0, first_init: int = DEMO_INIT_OFFSET, **kw):
+    """Yield (j, k, episode) for the first `per_task` successful expert episodes of `task`, from scene samples
+    first_init, first_init + 1, … (k: the sample used). Failures are skipped: LIBERO's datasets keep successful demos
+    only. kw goes to data.mini_libero.expert_episode (size, render, expert_cls)."""
     from data.mini_libero import expert_episode
-    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init = job
-    task = suite_tasks(suite)[task_id]
-    recs, j, k = [], 0, first_init
+    j, k = 0, first_init
     while j < per_task:
         if k > first_init + 4 * per_task + 20:
-            raise RuntimeError(f"expert keeps failing on {suite} task {task_id}")
-        ep = expert_episode(task, k, seed, size=size)
+            raise RuntimeError(f"expert keeps failing on {task.suite} task {task.task_id}")
+        ep = expert_episode(task, k, seed, **kw)
         k += 1
-        if not ep["success"]:
-            continue                           # keep successful demos only, as LIBERO's datasets do
+        if ep["success"]:
+            yield j, k - 1, ep
+            j += 1
+
+
+def _generate_task(job):
+    """Worker: successful demos for one task, saved as npz files; returns their episode records."""
+    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init = job
+    task = suite_tasks(suite)[task_id]
+    recs = []
+    for j, k, ep in successful_episodes(task, per_task, seed, first_init, size=size):
         idx = first_index + j
         fname = f"episodes/{idx:06d}.npz"
         np.savez_compressed(os.path.join(tmpdir, fname),
@@ -80,9 +89,8 @@ def _generate_task(job):
                             state=np.stack(ep["state"]), actions=np.stack(ep["actions"]),
                             sim_state=np.stack(ep["sim_state"]), phase=np.array(ep["phase"]))
         recs.append({"index": idx, "file": fname, "suite": suite, "task_id": task_id, "task": task.name,
-                     "language": task.language, "init_state": k - 1, "length": ep["length"],
+                     "language": task.language, "init_state": k, "length": ep["length"],
                      "split": "val" if is_val(j, per_task) else "train"})
-        j += 1
     return recs
 
 
