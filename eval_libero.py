@@ -34,6 +34,13 @@ The protocol (openvla run_libero_eval.py, openpi examples/libero/main.py), share
   (seed, suite, task, init), so results do not depend on --num-envs and --resume repeats nothing.
 --num-envs N steps N episodes in lockstep and asks the policy once per step for all those whose chunk ran
 out. Wall time per episode in episodes.jsonl is the time it was in flight, shared with the others.
+
+--policy ws://HOST:PORT evaluates a policy served by serve.py (or any openpi-protocol server): the same inputs,
+episodes and logs as in-process. --workers N runs the episodes in N simulator processes, each with --num-envs
+in lockstep; a checkpoint is served to all of them from this process by serve.py, which batches their calls,
+while expert/random are built in each (eval_workers.py: how episodes are shared out, logged and retried).
+    python eval_libero.py --policy out/vla --workers 4 --num-envs 4
+    MUJOCO_GL=egl python eval_libero.py --env libero --policy ws://gpu-box:8000 --workers 16 --suite spatial
 """
 import argparse
 import json
@@ -72,6 +79,7 @@ class Config:
     video: bool = arg(False, "write a GIF per episode (agentview | wrist, instruction as caption) to OUT/videos")
     resume: bool = arg(False, "keep the finished episodes in OUT/episodes.jsonl and run only the rest")
     out: str = arg("out/eval", "output directory")
+    workers: int = arg(1, "simulator processes sharing the episodes (a checkpoint is served to them from this process)")
 
 
 def parse_config(argv=None) -> Config:
@@ -256,6 +264,12 @@ class ExpertPolicy:
 
 
 def load_policy(cfg: Config):
+    if cfg.policy.startswith("ws://"):      # a policy served by serve.py or any openpi-protocol server
+        from serve import WebsocketPolicy
+        try:
+            return WebsocketPolicy(cfg.policy)
+        except ConnectionError as e:
+            fail(f"--policy {cfg.policy}: {e}")
     if cfg.policy == "random":
         return RandomPolicy(cfg.seed)
     if cfg.policy == "expert":
@@ -371,16 +385,20 @@ class Slot:                                   # one of the --num-envs lockstep e
     frames: list = field(default_factory=list)
 
 
-def run_eval(cfg: Config, policy=None, backend=None) -> dict:
-    """Evaluate; returns the results dict. `policy` / `backend` override --policy / --env (tests inject fakes)."""
+def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
+    """Evaluate; returns the results dict. `policy` / `backend` override --policy / --env (tests inject fakes);
+    `episodes` overrides the planned ones (a --workers process runs the share it was given)."""
     if min(cfg.trials_per_task, cfg.replan_steps, cfg.num_envs) < 1 or min(cfg.max_steps, cfg.settle_steps, cfg.render_size) < 0:
         fail("--trials-per-task, --replan-steps and --num-envs must be >= 1; --max-steps, --settle-steps, --render-size >= 0")
+    if cfg.workers != 1:
+        from eval_workers import run_workers    # the episodes over processes, each running this function
+        return run_workers(cfg, policy, backend)
     backend = backend or make_backend(cfg.env)
     policy = policy if policy is not None else load_policy(cfg)
     size = cfg.render_size or backend.default_render_size(policy.image_size)
     render = cfg.video or getattr(policy, "uses_images", True)
     wrist = cfg.video or getattr(policy, "uses_wrist", True)    # a VLA without --wrist: mini renders one camera
-    episodes = plan_episodes(cfg, backend)
+    episodes = plan_episodes(cfg, backend) if episodes is None else episodes
     os.makedirs(os.path.join(cfg.out, "videos") if cfg.video else cfg.out, exist_ok=True)
     done, log = open_log(os.path.join(cfg.out, "episodes.jsonl"), cfg)
     pending = deque(e for e in episodes if ep_key(e) not in done)
