@@ -385,6 +385,7 @@ class WebsocketPolicy:
         cameras = md.get("cameras", [IMAGE, WRIST])
         self.uses_images, self.uses_wrist = bool(cameras), WRIST in cameras
         self.horizon = md.get("horizon")
+        self.layout = md.get("layout", "unknown")    # what the served checkpoint was trained on, for checks upstream
 
     def _open(self):
         try:
