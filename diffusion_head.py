@@ -22,8 +22,12 @@ and iDDPM (Nichol & Dhariwal 2021, arXiv 2102.09672):
   ᾱ_{-1} := 1 (the data). The schedule is stored as ᾱ only; α_t = ᾱ_t / ᾱ_{t-1}, β_t = 1 - α_t.
 - Schedule `squaredcos_cap_v2` (default): iDDPM's cosine ᾱ (eq. 17), β capped at 0.999 (as diffusers).
   `linear`: DDPM's β 1e-4..0.02, defined for T = 1000, scaled by 1000/T so that ᾱ_T is still ≈ 0 at T = 100.
-- ε-parameterisation. Loss: t ~ U{0..T-1} per example, ε ~ N(0, I), plain MSE on ε averaged over every
-  element = DDPM's L_simple (eq. 14), i.e. uniform weighting over t (no SNR/min-SNR weighting).
+- What the network predicts (`prediction`, diffusers' names): "epsilon" — DDPM's ε-parameterisation, loss =
+  L_simple (eq. 14); "sample" — x0 directly (Diffusion Policy's `prediction_type="sample"`, and what the VLA uses
+  by default: on a small head trained for minutes the ε-head's small errors at high noise become large x0 errors,
+  and closed-loop success measured far lower); "v_prediction" — v = √ᾱ ε − √(1−ᾱ) x0 (Salimans & Ho 2022).
+  In every case: t ~ U{0..T-1} per example, ε ~ N(0, I), plain MSE on the target averaged over every element,
+  uniform weighting over t. The sampler converts any output to ε first, so DDPM/DDIM below are unchanged.
 - Every reverse step clamps the predicted x0 (eq. 15) to [-1, 1] (`clip_sample`, as Diffusion Policy /
   diffusers), so actions must be normalised into [-1, 1]. DDPM: posterior q(x_{t-1} | x_t, x0) (eq. 6-7) with
   σ_t² = β̃_t ("fixed_small"). DDIM (eq. 12) re-derives ε from the clamped x0 (diffusers'
@@ -155,6 +159,18 @@ def ddim_step(x_t, eps, t: int, t_prev: int, abar, eta: float = 0.0, noise=None,
     return x + sigma * noise if eta > 0 else x
 
 
+def eps_from_output(out, x_t, t, abar, prediction: str):
+    """ε implied by the network's output (ε itself, x0, or v) at x_t, step t [B] or int: the samplers take ε."""
+    if prediction == "epsilon":
+        return out
+    a = _at(abar, t, x_t)
+    if prediction == "sample":                                         # x_t = √ᾱ x0 + √(1-ᾱ) ε, solved for ε
+        return (x_t - a.sqrt() * out) / (1 - a).sqrt()
+    if prediction == "v_prediction":                                   # ε = √(1-ᾱ) x_t + √ᾱ v
+        return (1 - a).sqrt() * x_t + a.sqrt() * out
+    raise ValueError(f"unknown prediction {prediction!r}: use epsilon, sample or v_prediction")
+
+
 def ddim_timesteps(T: int, K: int) -> list:
     """K "leading" steps, every (T // K)-th from 0: T=100, K=10 -> [90, 80, ..., 0]; K = T -> [T-1, ..., 0]."""
     if not 1 <= K <= T: raise ValueError(f"DDIM needs 1 <= steps <= T = {T}, got {K}")
@@ -176,6 +192,9 @@ class HeadConfig:
     train_steps: int = 100             # T
     schedule: str = "squaredcos_cap_v2"
     clip_sample: bool = True           # clamp the predicted x0 to [-1, 1] at every reverse step
+    prediction: str = "epsilon"        # what the denoiser outputs: epsilon | sample (x0) | v_prediction
+    arch: str = "transformer"          # the denoiser: transformer (tokens, cross-attention) | mlp (see MLPDenoiser)
+    n_queries: int = 4                 # mlp: learned queries that attention-pool the condition tokens
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -215,17 +234,57 @@ class Block(nn.Module):
         return x + self.mlp(self.ln3(x))
 
 
+class ResBlock(nn.Module):
+    """Pre-LN residual MLP block (x + W2 GELU(W1 LN(x)))."""
+    def __init__(self, d: int):
+        super().__init__()
+        self.ln, self.mlp = nn.LayerNorm(d), nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        return x + self.mlp(self.ln(x))
+
+
+class MLPDenoiser(nn.Module):
+    """The cheap denoiser (arch="mlp"). The condition tokens (LayerNorm-ed backbone states [B, L, C]) are pooled
+    once into n_queries = Q vectors by learned attention (a logit per token and query, masked softmax over the
+    tokens, a weighted sum of the raw tokens: no per-token projection, so L·C costs ~nothing), then one vector
+    [noisy chunk (H·A), timestep, proprio, pooled condition] goes through residual MLP blocks to the output chunk.
+    Per training step it costs a fraction of the transformer (which projects and attends over every token in every
+    block), which is what lets a CPU fit it to thousands of frames in minutes; IDQL and Diffusion-QL use MLP
+    denoisers for the same reason. Width d_model, depth n_layers."""
+    def __init__(self, cfg: HeadConfig):
+        super().__init__()
+        d, ha = cfg.d_model, cfg.horizon * cfg.action_dim
+        self.logits = nn.Linear(cfg.cond_dim, cfg.n_queries)            # one attention logit per token and query
+        self.pool_out = nn.Linear(cfg.n_queries * cfg.cond_dim, d)
+        self.inp = nn.Linear(ha + 2 * d + (d if cfg.proprio_dim else 0), d)
+        self.blocks = nn.Sequential(*(ResBlock(d) for _ in range(cfg.n_layers)))
+        self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, ha))
+
+    def forward(self, x_t, t_emb, p_emb, cond, cond_mask):
+        B = x_t.shape[0]
+        w = self.logits(cond).masked_fill(~cond_mask[..., None], float("-inf")).softmax(1)   # [B, L, Q]
+        pooled = self.pool_out((w.transpose(1, 2) @ cond).reshape(B, -1))                   # [B, Q, C] -> [B, d]
+        parts = [x_t.reshape(B, -1), t_emb, pooled] + ([p_emb] if p_emb is not None else [])
+        return self.out(self.blocks(self.inp(torch.cat(parts, -1)))).view_as(x_t)
+
+
 class DiffusionHead(nn.Module):
     def __init__(self, cfg: HeadConfig):
         super().__init__()
         self.cfg, d = cfg, cfg.d_model
+        if cfg.arch not in ("transformer", "mlp"):
+            raise ValueError(f"unknown arch {cfg.arch!r}: use transformer or mlp")
         # ᾱ stays a float64 attribute, not a buffer, so that head.to(torch.bfloat16) cannot round it
         self.abar = make_schedule(cfg.schedule, cfg.train_steps)
         self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.proprio_in = nn.Linear(cfg.proprio_dim, d) if cfg.proprio_dim else None
+        if cfg.arch == "mlp":               # the denoiser pools the normalised tokens itself
+            self.cond_in, self.mlp = nn.LayerNorm(cfg.cond_dim), MLPDenoiser(cfg)
+            return
+        self.cond_in = nn.Sequential(nn.LayerNorm(cfg.cond_dim), nn.Linear(cfg.cond_dim, d))
         self.action_in = nn.Linear(cfg.action_dim, d)
         self.pos = nn.Parameter(0.02 * torch.randn(1, 1 + (cfg.proprio_dim > 0) + cfg.horizon, d))
-        self.cond_in = nn.Sequential(nn.LayerNorm(cfg.cond_dim), nn.Linear(cfg.cond_dim, d))
         self.blocks = nn.ModuleList(Block(d, cfg.n_heads) for _ in range(cfg.n_layers))
         self.ln_f, self.action_out = nn.LayerNorm(d), nn.Linear(d, cfg.action_dim)
 
@@ -238,22 +297,35 @@ class DiffusionHead(nn.Module):
         return self.cond_in(cond), cond_mask
 
     def denoise(self, x_t, t, proprio, cond_tok, cond_mask):
-        """ε_θ [B,H,A] from x_t [B,H,A], t [B] long, proprio [B,P] (or None if P = 0), encoded cond tokens."""
+        """The network's output [B,H,A] (ε, x0 or v: cfg.prediction) from x_t [B,H,A], t [B] long, proprio [B,P]
+        (or None if P = 0) and the encoded cond tokens."""
+        if self.cfg.arch == "mlp":
+            p = self.proprio_in(proprio) if self.proprio_in is not None else None
+            return self.mlp(x_t, self.time_mlp(timestep_embedding(t, self.cfg.d_model)), p, cond_tok, cond_mask)
         tokens = [self.time_mlp(timestep_embedding(t, self.cfg.d_model))[:, None]]   # [B, 1, d]
         if self.proprio_in is not None: tokens.append(self.proprio_in(proprio)[:, None])   # [B, 1, d]
         tokens.append(self.action_in(x_t))                             # [B, H, d]
         x = torch.cat(tokens, 1) + self.pos                            # [B, 1 (+1) + H, d]
         for block in self.blocks: x = block(x, cond_tok, cond_mask)
-        return self.action_out(self.ln_f(x[:, -self.cfg.horizon:]))    # read ε off the action tokens
+        return self.action_out(self.ln_f(x[:, -self.cfg.horizon:]))    # read the output off the action tokens
 
     def loss(self, actions, proprio, cond, cond_mask, generator=None):
-        """L_simple (DDPM eq. 14): MSE between ε and ε_θ(q_sample(actions, t, ε), t), t uniform per example."""
+        """MSE between the network's output at x_t = q_sample(actions, t, ε) and its target (ε: DDPM's L_simple,
+        eq. 14; x0; or v), t uniform per example."""
         B, dev = actions.shape[0], actions.device
         t = torch.randint(0, self.cfg.train_steps, (B,), device=dev, generator=generator)
         noise = torch.randn(actions.shape, device=dev, generator=generator)
-        x_t = q_sample(actions, t, noise, self.abar.to(dev))
-        eps = self.denoise(x_t, t, proprio, *self.encode_cond(cond, cond_mask))
-        return F.mse_loss(eps.float(), noise)
+        abar = self.abar.to(dev)
+        x_t = q_sample(actions, t, noise, abar)
+        out = self.denoise(x_t, t, proprio, *self.encode_cond(cond, cond_mask)).float()
+        if self.cfg.prediction == "sample":
+            target = actions
+        elif self.cfg.prediction == "v_prediction":
+            a = _at(abar, t, actions)
+            target = a.sqrt() * noise - (1 - a).sqrt() * actions
+        else:
+            target = noise
+        return F.mse_loss(out, target)
 
     @torch.no_grad()
     def sample(self, proprio, cond, cond_mask, steps=None, method="ddim", eta=0.0, generator=None):
@@ -262,7 +334,9 @@ class DiffusionHead(nn.Module):
         B, dev, T, clip = cond.shape[0], cond.device, self.cfg.train_steps, self.cfg.clip_sample
         abar, ctx = self.abar.to(dev), self.encode_cond(cond, cond_mask)   # the condition is encoded once
         randn = lambda: torch.randn((B, self.cfg.horizon, self.cfg.action_dim), device=dev, generator=generator)
-        eps_at = lambda x, t: self.denoise(x, torch.full((B,), t, device=dev), proprio, *ctx).float()
+        pred = self.cfg.prediction
+        eps_at = lambda x, t: eps_from_output(self.denoise(x, torch.full((B,), t, device=dev), proprio, *ctx).float(),
+                                              x, t, abar, pred)
         x = randn()
         if method == "ddpm":
             if steps not in (None, T): raise ValueError(f"DDPM samples with all T = {T} steps, got steps={steps}")

@@ -1,8 +1,10 @@
 """
 eval_libero.py -- closed-loop success rate with the standard LIBERO protocol, on mini-LIBERO or real LIBERO.
 
-Reads  a policy: `expert` (the scripted expert, privileged state; mini-LIBERO only), `random`, or a VLA
-       checkpoint directory written by vla_train.py (loaded as `vla_train.Policy.load(DIR)`).
+Reads  a policy: `expert` (the scripted expert, privileged state; mini-LIBERO only), `random`, `replay` (open-loop
+       replay of a same-task training demo from --data: the floor of a policy that never looks), or a VLA
+       checkpoint directory written by vla_train.py (loaded as `vla_train.Policy.load(DIR)`; its --features oracle
+       and blind variants are the ceiling and the no-image reference of the same head).
 Writes OUT/episodes.jsonl  one JSON line per finished episode, appended and flushed as it ends (--resume)
        OUT/results.json    success, 95 % Wilson interval and n per task and per suite, the average over suites
        OUT/metrics.json    the final figures: success per suite, average, env steps/s, wall time
@@ -10,6 +12,8 @@ Writes OUT/episodes.jsonl  one JSON line per finished episode, appended and flus
 
     python eval_libero.py --policy expert --suite all --trials-per-task 10      # the ceiling: ~100 %, ~10 s
     python eval_libero.py --policy random --suite all --trials-per-task 10      # the floor: 0 %, ~10 s
+    python eval_libero.py --policy replay --data out/demos --trials-per-task 10  # the blind floor: replay a demo
+    python eval_libero.py --policy out/vla --layout libero-x3                   # another layout than trained on
     python eval_libero.py --policy out/vla --suite all --num-envs 8             # the VLA, 50 trials per task
     python eval_libero.py --policy out/vla --suite spatial --tasks 0,1 --trials-per-task 2 --video
     MUJOCO_GL=egl python eval_libero.py --env libero --policy out/vla --suite spatial --out out/eval_real
@@ -17,7 +21,10 @@ Writes OUT/episodes.jsonl  one JSON line per finished episode, appended and flus
 
 The protocol (openvla run_libero_eval.py, openpi examples/libero/main.py), shared by both backends:
 - suites spatial/object/goal/long(=libero_10) [/90 real only]; trial k of a task starts from the benchmark's
-  fixed init state k (reset, then set_init_state); 50 trials per task.
+  fixed init state k (reset, then set_init_state); 50 trials per task. On mini-LIBERO the init states come from
+  --layout (data/scenes.py; default: the layout the policy's demos were drawn with, else libero); evaluating on
+  another layout than the policy was trained on is allowed (a generalisation test) and said in the banner and in
+  metrics.json.
 - 10 settle steps with [0, 0, 0, 0, 0, 0, -1] (gripper open) first; they do not count against max steps.
 - max policy steps 220/280/300/520 (libero_90: 400) on real LIBERO; on mini-LIBERO its own scaled table,
   data.scenes.MAX_STEPS (its robot moves ~2x faster per step than the Panda).
@@ -56,7 +63,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from data.mini_libero import OffScreenRenderEnv, flip_image, get_benchmark, proprio_from_obs, write_gif
-from data.scenes import MAX_STEPS, SUITES
+from data.scenes import DEFAULT_LAYOUT, MAX_STEPS, SUITES, layout_scale
 
 
 def arg(default, help):                       # a dataclass field that carries its --help text
@@ -65,7 +72,9 @@ def arg(default, help):                       # a dataclass field that carries i
 
 @dataclass
 class Config:
-    policy: str = arg("expert", "expert | random | a VLA checkpoint dir written by vla_train.py")
+    policy: str = arg("expert", "expert | random | replay (needs --data) | a VLA checkpoint dir written by vla_train.py")
+    layout: str = arg("", "mini-LIBERO layout: libero | libero-x2 | libero-x3 | wide (empty: the policy's, else libero)")
+    data: str = arg("out/demos", "demos --policy replay replays (any format data.demos.open_dataset reads)")
     env: str = arg("mini", "mini (the embedded mini-LIBERO) | libero (the real simulator, requirements-libero.txt)")
     suite: str = arg("all", "spatial | object | goal | long | 90 (real only) | all (the four papers average), or a comma list")
     tasks: str = arg("", "comma-separated task indices within each suite (empty: all tasks)")
@@ -171,8 +180,9 @@ class MiniBackend(Backend):
     """The embedded mini-LIBERO (data/): fast, deterministic, always available."""
     name, suites_all, max_steps = "mini", SUITES, MAX_STEPS
 
-    def __init__(self):
-        super().__init__(get_benchmark)
+    def __init__(self, layout: str = DEFAULT_LAYOUT):
+        super().__init__(lambda suite: get_benchmark(suite, layout))
+        self.layout = layout
 
     def default_render_size(self, policy_size: int) -> int:
         return policy_size                    # rendering at any size costs the same here: no resize needed
@@ -221,10 +231,27 @@ class LiberoBackend(Backend):
         return env
 
 
-def make_backend(name: str):
+def check_layout(layout: str) -> str:
+    try:
+        layout_scale(layout)
+    except ValueError as e:
+        fail(f"--layout: {e}")
+    return layout
+
+
+def trained_layout(cfg: Config):
+    """The layout a --policy checkpoint's demos were drawn with (vla_config.json), without loading it; else None."""
+    path = os.path.join(cfg.policy, "vla_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f).get("layout")
+    return None
+
+
+def make_backend(name: str, layout: str = DEFAULT_LAYOUT):
     if name not in ("mini", "libero"):
         fail(f"--env must be mini or libero, not {name!r}")
-    return MiniBackend() if name == "mini" else LiberoBackend()
+    return MiniBackend(layout) if name == "mini" else LiberoBackend()
 
 
 # ----------------------------------------------------------------------------- policies
@@ -263,6 +290,39 @@ class ExpertPolicy:
         return np.stack([[ex.act(env.world)[0]] for ex, env in (self.experts[s] for s in slots)]).astype(np.float32)
 
 
+class ReplayPolicy:
+    """Open-loop replay of a training demonstration of the same task (one per episode, drawn by the episode's rng),
+    one action per call, then "hold" (no motion, last gripper command): the floor of a policy that knows the task
+    and never looks. Above it, a policy is using what it sees."""
+    image_size, episodic, uses_images = 128, True, False
+
+    def __init__(self, data: str, seed: int):
+        from data.demos import open_dataset
+        ds = open_dataset(data)
+        self.seed, self.ds, self.runs, self.last, self.by_task = seed, ds, {}, {}, {}
+        for i in ds.indices("train"):
+            self.by_task.setdefault(ds.episodes[i]["language"], []).append(i)
+        self.layout = ds.meta.get("layout")
+
+    def start(self, slot, ep, env):
+        language = env.task.language
+        if language not in self.by_task:
+            raise ValueError(f"--policy replay: no training demo of {language!r} in the data")
+        demos = self.by_task[language]
+        i = demos[episode_rng(self.seed, ep["suite"], ep["task"], ep["init"]).integers(len(demos))]
+        self.runs[slot] = deque(self.ds.actions(i))
+
+    def __call__(self, images, wrist_images, proprio, instructions, slots):
+        out = []
+        for s in slots:
+            if self.runs[s]:
+                self.last[s] = self.runs[s].popleft()
+            else:                       # past the demo's end: hold still with its last gripper command
+                self.last[s] = np.concatenate([np.zeros(6), self.last[s][6:]])
+            out.append([self.last[s]])
+        return np.asarray(out, dtype=np.float32)
+
+
 def load_policy(cfg: Config):
     if cfg.policy.startswith("ws://"):      # a policy served by serve.py or any openpi-protocol server
         from serve import WebsocketPolicy
@@ -276,6 +336,10 @@ def load_policy(cfg: Config):
         if cfg.env != "mini":
             fail("--policy expert reads mini-LIBERO's privileged state: use it with --env mini")
         return ExpertPolicy(cfg.seed)
+    if cfg.policy == "replay":
+        if cfg.env != "mini":
+            fail("--policy replay builds on mini-LIBERO's task objects: use it with --env mini")
+        return ReplayPolicy(cfg.data, cfg.seed)
     if not os.path.isdir(cfg.policy):
         fail(f"--policy {cfg.policy!r} is neither expert, random nor a checkpoint directory")
     try:
@@ -393,8 +457,11 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
     if cfg.workers != 1:
         from eval_workers import run_workers    # the episodes over processes, each running this function
         return run_workers(cfg, policy, backend)
-    backend = backend or make_backend(cfg.env)
     policy = policy if policy is not None else load_policy(cfg)
+    trained = getattr(policy, "layout", None)             # the layout of the policy's demos, when it says
+    backend = backend or make_backend(cfg.env, check_layout(cfg.layout or trained or DEFAULT_LAYOUT))
+    layout = getattr(backend, "layout", None)              # real LIBERO has its own init states: no layout
+    mismatch = bool(trained and layout and trained != layout)
     size = cfg.render_size or backend.default_render_size(policy.image_size)
     render = cfg.video or getattr(policy, "uses_images", True)
     wrist = cfg.video or getattr(policy, "uses_wrist", True)    # a VLA without --wrist: mini renders one camera
@@ -402,7 +469,10 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
     os.makedirs(os.path.join(cfg.out, "videos") if cfg.video else cfg.out, exist_ok=True)
     done, log = open_log(os.path.join(cfg.out, "episodes.jsonl"), cfg)
     pending = deque(e for e in episodes if ep_key(e) not in done)
-    print(f"{cfg.env} backend, policy {cfg.policy}: {len(episodes)} episodes, {len(episodes) - len(pending)} already done; "
+    if mismatch:
+        print(f"note: the policy was trained on {trained} layouts and is evaluated on {layout} layouts (a generalisation test)")
+    print(f"{cfg.env} backend{f' ({layout} layout)' if layout else ''}, policy {cfg.policy}: {len(episodes)} episodes, "
+          f"{len(episodes) - len(pending)} already done; "
           f"render {f'{size}px' + ('' if wrist else ' agentview only') if render else 'off'} -> policy {policy.image_size}px, replan every {cfg.replan_steps}, {cfg.num_envs} envs in lockstep")
     slots = [Slot(ChunkQueue(cfg.replan_steps)) for _ in range(min(cfg.num_envs, len(pending)))]
     bar = tqdm(total=len(pending), unit="ep", dynamic_ncols=True)
@@ -490,12 +560,14 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
 
     records = [done[ep_key(e)] for e in episodes]
     res = summarize(records, backend)
-    res.update(config=vars(cfg), backend=dict(name=backend.name, **backend.versions()), render_size=size)
+    res.update(config=vars(cfg), backend=dict(name=backend.name, **backend.versions()), render_size=size, layout=layout,
+               trained_layout=trained)
     sps = env_steps / max(stepping_s, 1e-9)
     metrics = dict(success={s: v["success"] for s, v in res["suites"].items()}, average=res["average"],
                    episodes=len(records), episodes_this_run=n_new, env_steps_this_run=env_steps, wall_s=round(wall, 2),
                    stepping_s=round(stepping_s, 2), env_steps_per_s=round(sps, 1), num_envs=cfg.num_envs,
-                   backend=backend.name, **backend.versions())
+                   backend=backend.name, layout=layout, trained_layout=trained, layout_mismatch=mismatch,
+                   **backend.versions())
     atomic_json(os.path.join(cfg.out, "results.json"), res)
     atomic_json(os.path.join(cfg.out, "metrics.json"), metrics)
     print_table(res)

@@ -30,8 +30,8 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
-from eval_libero import (Config, atomic_json, ep_key, fail, load_policy, make_backend, open_log, plan_episodes,
-                         print_table, run_eval, summarize)
+from eval_libero import (DEFAULT_LAYOUT, Config, atomic_json, check_layout, ep_key, fail, load_policy, make_backend,
+                         open_log, plan_episodes, print_table, run_eval, summarize, trained_layout)
 
 
 def plan_units(pending: list[dict], workers: int) -> list[list[dict]]:
@@ -55,7 +55,7 @@ def eval_worker(k: int, cfg: dict, url: str, conn, log_path: str) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(fd, 1); os.dup2(fd, 2)              # its tables and progress bars go to OUT/workers/wK.log
     cfg = Config(**{**cfg, "workers": 1, "resume": False})
-    backend = make_backend(cfg.env)
+    backend = make_backend(cfg.env, cfg.layout)             # the parent resolved the layout
     policy = load_policy(Config(**{**vars(cfg), "policy": url}) if url else cfg)
     conn.send("ready")
     while (unit := conn.recv()) is not None:
@@ -225,7 +225,9 @@ def run_workers(cfg: Config, policy=None, backend=None, worker=eval_worker) -> d
         fail("--workers must be >= 1")
     if backend is not None:
         fail("--workers > 1 builds a backend from --env in each process: an injected backend needs --workers 1")
-    backend = make_backend(cfg.env)
+    trained = getattr(policy, "layout", None) or trained_layout(cfg)
+    cfg = Config(**{**vars(cfg), "layout": check_layout(cfg.layout or trained or DEFAULT_LAYOUT)})
+    backend = make_backend(cfg.env, cfg.layout)
     episodes = plan_episodes(cfg, backend)
     wdir = os.path.join(cfg.out, "workers")
     shutil.rmtree(wdir, ignore_errors=True)     # an earlier run's units: OUT/episodes.jsonl is what counts
@@ -267,7 +269,9 @@ def run_workers(cfg: Config, policy=None, backend=None, worker=eval_worker) -> d
                    episodes=len(records), episodes_this_run=pool.n_new, env_steps_this_run=steps, wall_s=round(wall, 2),
                    stepping_s=round(stepping, 2), env_steps_per_s=round(steps / max(stepping, 1e-9), 1),
                    env_steps_per_wall_s=round(steps / max(wall, 1e-9), 1), num_envs=cfg.num_envs, workers=cfg.workers,
-                   backend=backend.name, **backend.versions())
+                   backend=backend.name, layout=getattr(backend, "layout", None), trained_layout=trained,
+                   layout_mismatch=bool(trained and getattr(backend, "layout", None) not in (None, trained)),
+                   **backend.versions())
     atomic_json(os.path.join(cfg.out, "results.json"), res)
     atomic_json(os.path.join(cfg.out, "metrics.json"), metrics)
     print_table(res)

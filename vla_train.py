@@ -10,6 +10,8 @@ prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --pol
     python vla_train.py --backbone out/sft --finetune-backbone   # backbone trained too (slow: ~0.5 s a step)
     python vla_train.py --backbone out/grpo --out out/vla_grpo
     python vla_train.py --backbone out/sft --prompt reasoning    # the reasoning prompt instead of the instruction
+    python vla_train.py --features oracle --out out/vla_oracle   # the ceiling: the same head on privileged state
+    python vla_train.py --backbone out/sft --features blind      # the backbone reads the instruction, a blank image
     torchrun --nproc_per_node 2 vla_train.py --backbone out/sft --steps 50
 
 What the head sees. The backbone reads the upright agentview frame (+ the wrist frame with --wrist) and a
@@ -19,6 +21,12 @@ of every prompt token at layer `--layer` (default: the paper's relative depth, 1
 hidden_states[k] is the output of decoder block k, [0] the embeddings) or, with --pooled, to the last token
 only (CogACT's one "cognition" token). Inputs: 8-D proprio (z-scored with the demos' mean/std); outputs:
 an H-step chunk of 7-D actions, quantile-normalised (q01..q99 → −1..1) and clipped to [−1, 1] for the DDPM.
+
+The calibration ladder (--features). `backbone` is the VLA. `blind` feeds the backbone a blank frame, so the head
+knows the task and its proprio but never looks: with a policy this close to the demos' layouts, how far looking
+gets above that is what the image is worth. `oracle` replaces the backbone by privileged state (mini-LIBERO's
+sim_state: the hand, every body's pose relative to it, the gripper, the task): one token per body, so the same
+cross-attending head reads it; it is what perfect perception allows with these demos and this head.
 
 Feature caching. With the backbone frozen (the paper's setting) and in eval mode, its hidden states for a
 frame and prompt are a deterministic function of them: no dropout, no augmentation, weights never change.
@@ -72,6 +80,7 @@ class Config:
     out: str = arg("out/vla", "output directory (head + config + metrics)")
     horizon: int = arg(10, "action chunk length H")
     layer: int = arg(-1, "backbone hidden-state index (-1: round(18/28 · decoder layers), the paper's depth)")
+    features: str = arg("backbone", "what the head is conditioned on: backbone | blind (blank image) | oracle (privileged state)")
     prompt: str = arg("instruction", "what the backbone reads besides the image: instruction | reasoning")
     wrist: bool = arg(False, "also feed the wrist-camera frame to the backbone")
     pooled: bool = arg(False, "condition on the last prompt token only (CogACT-style) instead of all tokens")
@@ -81,8 +90,10 @@ class Config:
     steps: int = arg(1200, "optimizer steps")
     batch: int = arg(64, "global batch (over ranks)")
     lr: float = arg(4e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
-    d_model: int = arg(128, "head width")
-    n_layers: int = arg(2, "head transformer blocks")
+    arch: str = arg("mlp", "head denoiser: mlp (pooled condition, residual MLP) | transformer (cross-attention blocks)")
+    d_model: int = arg(256, "head width")
+    n_layers: int = arg(3, "head blocks (residual MLP or transformer)")
+    prediction: str = arg("sample", "what the DDPM head predicts: sample (x0) | epsilon | v_prediction (diffusion_head.py)")
     ddim_steps: int = arg(10, "DDIM steps at inference (100 training steps, squaredcos_cap_v2 schedule)")
     val_every: int = arg(500, "validation every N steps (0: only at the end)")
     save_every: int = arg(200, "write --out/resume every N steps, for --resume (0: never)")
@@ -168,6 +179,51 @@ def default_layer(model) -> int:
     return max(1, round(18 / 28 * model.config.text_config.num_hidden_layers))
 
 
+def left_pad(feats: list, masks: list):
+    """Stack [B_i, L_i, C] features and [B_i, L_i] masks into [ΣB, max L, C] / [ΣB, max L], padding on the left
+    (the prompts are left-padded already; the head ignores masked tokens)."""
+    L = max(f.shape[1] for f in feats)
+    pad = lambda t, v: torch.cat([torch.full((t.shape[0], L - t.shape[1], *t.shape[2:]), v, dtype=t.dtype), t], 1)
+    return torch.cat([pad(f, 0) for f in feats]), torch.cat([pad(m, False) for m in masks])
+
+
+def blank_frame(size: int) -> np.ndarray:
+    """What --features blind shows the backbone instead of the camera: a mid-grey frame, the same for every step."""
+    return np.full((size, size, 3), 128, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- privileged state (--features oracle)
+ORACLE_BODIES = 16          # bodies a scene may have (mini-LIBERO's have at most 11)
+
+
+def oracle_dim(n_tasks: int) -> int:
+    return n_tasks + 5 + 10 * ORACLE_BODIES
+
+
+def oracle_vector(sim_state: np.ndarray, task: int, n_tasks: int) -> np.ndarray:
+    """mini-LIBERO's flat world state (data.world.World.get_state) → one vector [oracle_dim] float32: the task
+    one-hot; the hand (eef xyz, finger opening, holding something); then per body slot (its index in the task's
+    scene, which is how the target bowl differs from the other one) xyz, xyz − eef, sin/cos yaw, joint (drawer
+    opening, knob angle), held. Positions in units of 10 cm, so a 1.5 cm shift is 0.15; empty slots are 0."""
+    s = np.asarray(sim_state, dtype=np.float64)
+    eef, width, held = s[0:3], s[7], int(s[8])
+    per = s[10:].reshape(-1, 6)                                         # per body: pos (3), yaw, support, joint
+    if len(per) > ORACLE_BODIES:
+        raise ValueError(f"a scene of {len(per)} bodies: oracle features hold at most {ORACLE_BODIES}")
+    bodies = np.zeros((ORACLE_BODIES, 10))
+    bodies[: len(per)] = np.column_stack([10 * per[:, :3], 10 * (per[:, :3] - eef), np.sin(per[:, 3]),
+                                          np.cos(per[:, 3]), per[:, 5], np.arange(len(per)) == held])
+    onehot = np.zeros(n_tasks)
+    onehot[task] = 1.0
+    return np.concatenate([onehot, 10 * eef, [width / 0.08, held >= 0], bodies.ravel()]).astype(np.float32)
+
+
+def oracle_features(sims: list, tasks: list, n_tasks: int):
+    """Oracle condition of a batch as one token: cond [B, 1, oracle_dim], mask [B, 1]."""
+    cond = torch.from_numpy(np.stack([oracle_vector(s, t, n_tasks) for s, t in zip(sims, tasks)]))[:, None]
+    return cond, torch.ones(len(sims), 1, dtype=torch.bool)
+
+
 def unfreeze_below(model, layer: int) -> None:
     """--finetune-backbone trains what the features at `layer` depend on: vision tower (+ adapter), embeddings,
     decoder blocks 0..layer-1. Blocks above, the final norm (unless layer = L: HF's last hidden state is normed)
@@ -195,16 +251,30 @@ class VLA(nn.Module):
 
 
 # ----------------------------------------------------------------------------- data
+def task_list(ds: DemoDataset) -> list:
+    """The dataset's instructions in order of first appearance: --features oracle's task one-hot indexes it."""
+    return list(dict.fromkeys(e["language"] for e in ds.episodes))
+
+
 def build_data(ds: DemoDataset, split: str, cfg: Config, ns: dict):
-    """Per used frame: image (+ wrist), prompt, normalised proprio and normalised action chunk."""
-    rows = {"img": [], "wrist": [], "text": [], "proprio": [], "chunk": []}
-    keys = ["agentview_rgb", "state", "actions"] + (["eye_in_hand_rgb"] if cfg.wrist else [])
+    """Per used frame: image (+ wrist), prompt, normalised proprio and normalised action chunk; for --features
+    oracle the privileged world state and the task index instead of the images."""
+    rows = {"img": [], "wrist": [], "text": [], "proprio": [], "chunk": [], "sim": [], "task": []}
+    oracle = cfg.features == "oracle"
+    if oracle and not ds.privileged:
+        raise SystemExit(f"vla_train.py: --features oracle reads privileged world state, which only mini-LIBERO demos "
+                         f"hold; {cfg.data} is {ds.meta['format']}")
+    keys = ["state", "actions"] + (["sim_state"] if oracle else ["agentview_rgb"]) + \
+        (["eye_in_hand_rgb"] if cfg.wrist and cfg.features == "backbone" else [])
+    tasks = {t: i for i, t in enumerate(task_list(ds))}
     for e in ds.indices(split):
         ep = ds.load(e, keys)
         chunks = chunk_episode(ep["actions"], cfg.horizon)
         for t in range(0, len(chunks), cfg.frame_stride):
-            rows["img"].append(ep["agentview_rgb"][t])
-            rows["wrist"].append(ep["eye_in_hand_rgb"][t] if cfg.wrist else None)
+            rows["img"].append(ep["agentview_rgb"][t] if cfg.features == "backbone" else None)
+            rows["wrist"].append(ep["eye_in_hand_rgb"][t] if cfg.wrist and cfg.features == "backbone" else None)
+            rows["sim"].append(ep["sim_state"][t] if oracle else None)
+            rows["task"].append(tasks[ds.episodes[e]["language"]])
             rows["text"].append(vla_prompt(ds.episodes[e]["language"], cfg.prompt))
             rows["proprio"].append(normalize_state(ep["state"][t], ns))
             rows["chunk"].append(normalize_actions(chunks[t], ns))
@@ -213,18 +283,25 @@ def build_data(ds: DemoDataset, split: str, cfg: Config, ns: dict):
 
 
 @torch.no_grad()
-def cache_features(model, proc, rows, cfg: Config, layer, device, batch=64, desc="features"):
-    """Backbone features of every frame, left-padded to one length: cond [N, L, C] float32, mask [N, L].
-    (float32, not float16: training on the cache must equal training on fresh features, bit for bit.)"""
+def cache_features(model, proc, rows, cfg: Config, layer, device, n_tasks=0, image_size=0, batch=64, desc="features"):
+    """The head's condition for every frame, left-padded to one length: cond [N, L, C] float32, mask [N, L].
+    (float32, not float16: training on the cache must equal training on fresh features, bit for bit.)
+    blind: the features depend on the prompt alone, so each distinct prompt is encoded once."""
+    if cfg.features == "oracle":
+        return oracle_features(rows["sim"], rows["task"], n_tasks)
+    if cfg.features == "blind":
+        texts = list(dict.fromkeys(rows["text"]))
+        cond, mask = cache_features(model, proc, {"img": [blank_frame(image_size)] * len(texts), "text": texts},
+                                    Config(features="backbone"), layer, device, batch=batch, desc=desc)
+        idx = torch.tensor([texts.index(t) for t in rows["text"]])
+        return cond[idx], mask[idx]
     feats, masks = [], []
     for i in tqdm(range(0, len(rows["text"]), batch), desc=desc, leave=False):
         sl = slice(i, i + batch)
         h, m = encode(model, proc, rows["img"][sl], rows["wrist"][sl] if cfg.wrist else None, rows["text"][sl], layer, device)
         feats.append(h.float().cpu())
         masks.append(m.cpu())
-    L = max(f.shape[1] for f in feats)
-    pad = lambda t, v: torch.cat([torch.full((t.shape[0], L - t.shape[1], *t.shape[2:]), v, dtype=t.dtype), t], 1)
-    return torch.cat([pad(f, 0) for f in feats]), torch.cat([pad(m, False) for m in masks])
+    return left_pad(feats, masks)
 
 
 @torch.no_grad()
@@ -246,13 +323,20 @@ def validate(head, cond, mask, proprio, chunk, ddim_steps, baseline, batch=256) 
 
 # ----------------------------------------------------------------------------- the policy used by eval_libero.py
 class Policy:
-    """Observation → action chunk in env units: backbone forward + K-step DDIM + un-normalisation."""
+    """Observation → action chunk in env units: the condition (backbone forward, or privileged state) + K-step
+    DDIM + un-normalisation. An oracle policy reads each episode's env (eval_libero.py hands it over through
+    `start`, as to its other privileged references); a blind one never needs a rendered frame."""
 
     def __init__(self, model, proc, head, vcfg: dict, device="cpu"):
-        self.model, self.proc, self.head, self.vcfg, self.device = model.eval(), proc, head.eval(), vcfg, device
+        self.model, self.proc, self.head, self.vcfg, self.device = model, proc, head.eval(), vcfg, device
+        self.features = vcfg.get("features", "backbone")
         self.image_size = vcfg["image_size"]
-        self.uses_wrist = vcfg["wrist"]               # eval_libero.py renders the wrist camera only if it is read
+        self.uses_images = self.features == "backbone"  # eval_libero.py renders only what a policy reads
+        self.uses_wrist = vcfg["wrist"] and self.uses_images
+        self.episodic = self.features == "oracle"       # → start(slot, episode, env), and slots= in each call
         self.horizon = vcfg["head"]["horizon"]
+        self.layout = vcfg.get("layout")
+        self.envs, self._blind = {}, {}
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> "Policy":
@@ -261,20 +345,42 @@ class Policy:
             raise SystemExit(f"vla_train.py: {path} is not a VLA checkpoint (expected vla_config.json)")
         with open(cfg_path) as f:
             vcfg = json.load(f)
-        backbone = vcfg["backbone"] if os.path.isabs(vcfg["backbone"]) else os.path.join(path, vcfg["backbone"])
-        model, proc, _, _ = load_backbone(backbone, need_actions=False)
+        model = proc = None
+        if vcfg.get("features", "backbone") != "oracle":
+            backbone = vcfg["backbone"] if os.path.isabs(vcfg["backbone"]) else os.path.join(path, vcfg["backbone"])
+            model, proc, _, _ = load_backbone(backbone, need_actions=False)
+            model = model.to(device).eval()
         head = DiffusionHead(HeadConfig(**vcfg["head"]))
         head.load_state_dict(load_file(os.path.join(path, "head.safetensors")))
-        return cls(model.to(device), proc, head.to(device), vcfg, device)
+        return cls(model, proc, head.to(device), vcfg, device)
+
+    def start(self, slot, episode, env) -> None:
+        self.envs[slot] = env
+
+    def condition(self, images, wrist_images, instructions, slots):
+        c = self.vcfg
+        if self.features == "oracle":
+            tasks = [c["tasks"].index(t) if t in c["tasks"] else -1 for t in instructions]
+            if -1 in tasks:
+                raise ValueError(f"oracle policy: instruction {instructions[tasks.index(-1)]!r} is not one of its "
+                                 f"{len(c['tasks'])} training tasks")
+            return oracle_features([self.envs[s].get_sim_state() for s in slots], tasks, len(c["tasks"]))
+        texts = [vla_prompt(t, c["prompt"]) for t in instructions]
+        if self.features == "blind":                   # the features depend on the prompt alone: encode each once
+            for t in set(texts) - set(self._blind):
+                self._blind[t] = encode(self.model, self.proc, [blank_frame(self.image_size)], None, [t], c["layer"],
+                                        self.device)
+            return left_pad([self._blind[t][0] for t in texts], [self._blind[t][1] for t in texts])
+        return encode(self.model, self.proc, list(images), list(wrist_images) if c["wrist"] else None, texts,
+                      c["layer"], self.device)
 
     @torch.no_grad()
-    def __call__(self, images, wrist_images, proprio, instructions, generator=None) -> np.ndarray:
+    def __call__(self, images, wrist_images, proprio, instructions, slots=None, generator=None) -> np.ndarray:
         c = self.vcfg
-        texts = [vla_prompt(t, c["prompt"]) for t in instructions]
-        cond, mask = encode(self.model, self.proc, list(images), list(wrist_images) if c["wrist"] else None,
-                            texts, c["layer"], self.device)
+        cond, mask = self.condition(images, wrist_images, instructions, slots)
         p = torch.tensor(normalize_state(np.asarray(proprio), c["norm"]), device=self.device)
-        a = self.head.sample(p, cond.float(), mask, steps=c["ddim_steps"], generator=generator).cpu().numpy()
+        a = self.head.sample(p, cond.float().to(self.device), mask.to(self.device), steps=c["ddim_steps"],
+                             generator=generator).cpu().numpy()
         a = unnormalize_actions(a, c["norm"])
         a[..., 6] = np.where(a[..., 6] >= 0, 1.0, -1.0)               # the gripper is binary in LIBERO
         return a.astype(np.float32)
@@ -293,23 +399,36 @@ def main(cfg: Config) -> dict:
     t0 = time.time()
     ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     ns = norm_stats(ds.stats)
-    model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
-    model.to(device).eval()              # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
-    proc.tokenizer.padding_side = "left"
-    layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
-    if not 0 <= layer <= model.config.text_config.num_hidden_layers:
-        raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
+    if cfg.features not in ("backbone", "blind", "oracle"):
+        raise SystemExit(f"vla_train.py: --features {cfg.features!r}: expected backbone, blind or oracle")
+    if cfg.finetune_backbone and cfg.features != "backbone":
+        raise SystemExit("vla_train.py: --finetune-backbone trains the backbone the head reads: use --features backbone")
     if cfg.batch % world:
         raise SystemExit(f"vla_train.py: --batch {cfg.batch} must be a multiple of the {world} ranks")
-    model.requires_grad_(False)                                      # frozen: the paper's setting
-    if cfg.finetune_backbone:
-        unfreeze_below(model, layer)
+    n_tasks, image_size = len(task_list(ds)), int(ds.meta["image_size"])
+    model = proc = fast = vocab = None
+    layer = -1
+    if cfg.features == "oracle":                                     # no backbone at all: privileged state
+        cond_dim = oracle_dim(n_tasks)
+    else:
+        model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
+        model.to(device).eval()          # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
+        proc.tokenizer.padding_side = "left"
+        layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
+        if not 0 <= layer <= model.config.text_config.num_hidden_layers:
+            raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
+        model.requires_grad_(False)                                  # frozen: the paper's setting
+        if cfg.finetune_backbone:
+            unfreeze_below(model, layer)
+        cond_dim = model.config.text_config.hidden_size
 
     train, val = build_data(ds, "train", cfg, ns), build_data(ds, "val", cfg, ns)
     if master:
-        print(f"vla_train.py | {len(train['text'])} train / {len(val['text'])} val frames | backbone {cfg.backbone} "
-              f"layer {layer} ({'fine-tuned' if cfg.finetune_backbone else 'frozen'}) | prompt: {cfg.prompt}"
-              f"{' + wrist' if cfg.wrist else ''}")
+        what = "privileged state (oracle)" if cfg.features == "oracle" else \
+            f"backbone {cfg.backbone} layer {layer} ({'fine-tuned' if cfg.finetune_backbone else 'frozen'})" + \
+            (" on a blank image (blind)" if cfg.features == "blind" else "")
+        print(f"vla_train.py | {len(train['text'])} train / {len(val['text'])} val frames | layout "
+              f"{ds.meta.get('layout', 'unknown')} | {what} | prompt: {cfg.prompt}{' + wrist' if cfg.wrist else ''}")
     mine = np.arange(rank, len(train["text"]), world)                # this rank's shard of the training frames
     sub = {k: [v[i] for i in mine] if isinstance(v, list) else v[mine] for k, v in train.items()}
     t_data = time.time() - t0
@@ -317,12 +436,13 @@ def main(cfg: Config) -> dict:
     # also the val features; fine-tuned: nothing to cache, features come from the training forward itself
     cond = mask = vfeat = None
     if not cfg.finetune_backbone:
-        cond, mask = cache_features(model, proc, sub, cfg, layer, device, desc="train features")
-        vfeat = cache_features(model, proc, val, cfg, layer, device, desc="val features") if master else None
+        cond, mask = cache_features(model, proc, sub, cfg, layer, device, n_tasks, image_size, desc="train features")
+        vfeat = cache_features(model, proc, val, cfg, layer, device, n_tasks, image_size, desc="val features") \
+            if master else None
     t_feat = time.time() - t0 - t_data
 
-    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=model.config.text_config.hidden_size,
-                      d_model=cfg.d_model, n_layers=cfg.n_layers, pooled=cfg.pooled)
+    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
+                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch)
     torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
     head = DiffusionHead(hcfg).to(device)
     vla = VLA(head, model if cfg.finetune_backbone else None, layer)
@@ -390,7 +510,8 @@ def main(cfg: Config) -> dict:
         print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
               f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s "
               f"(data {t_data:.0f}, features {t_feat:.0f}, train {t_train:.0f}, validation {t_val:.0f})")
-        save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, int(ds.meta["image_size"]), ns, metrics)
+        save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics,
+                 {"layout": ds.meta.get("layout"), "tasks": task_list(ds)})
         print(f"wrote {cfg.out}")
     if ddp:
         dist.barrier()
@@ -398,13 +519,14 @@ def main(cfg: Config) -> dict:
     return metrics
 
 
-def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics) -> None:
+def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics, data: dict) -> None:
     """Write --out atomically (into out.tmp, then one rename), keeping --out/resume across the swap. A fine-tuned
-    backbone is saved as sft.py saves one, into out/backbone, and vla_config.json points at it (relative path)."""
+    backbone is saved as sft.py saves one, into out/backbone, and vla_config.json points at it (relative path).
+    `data`: the demos' layout (eval_libero.py reports an evaluation on another one) and task list (oracle one-hot)."""
     vcfg = {"backbone": "backbone" if cfg.finetune_backbone else os.path.abspath(cfg.backbone),
             "backbone_source": os.path.abspath(cfg.backbone), "finetuned_backbone": cfg.finetune_backbone,
-            "layer": layer, "prompt": cfg.prompt, "wrist": cfg.wrist, "image_size": image_size,
-            "ddim_steps": cfg.ddim_steps, "head": asdict(hcfg), "norm": ns}
+            "features": cfg.features, "layer": layer, "prompt": cfg.prompt, "wrist": cfg.wrist,
+            "image_size": image_size, "ddim_steps": cfg.ddim_steps, "head": asdict(hcfg), "norm": ns, **data}
     tmp = cfg.out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -31,7 +31,7 @@ from multiprocessing import get_context
 
 import numpy as np
 
-from data.scenes import suite_tasks
+from data.scenes import DEFAULT_LAYOUT, suite_tasks
 
 FORMAT = "mini-libero-demos/1"
 DEMO_INIT_OFFSET = 1000          # demos use scene samples 1000, 1001, …; evaluation uses 0..49
@@ -78,8 +78,8 @@ def successful_episodes(task, per_task: int, seed: int = 0, first_init: int = DE
 
 def _generate_task(job):
     """Worker: successful demos for one task, saved as npz files; returns their episode records."""
-    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init = job
-    task = suite_tasks(suite)[task_id]
+    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init, layout = job
+    task = suite_tasks(suite, layout)[task_id]
     recs = []
     for j, k, ep in successful_episodes(task, per_task, seed, first_init, size=size):
         idx = first_index + j
@@ -95,25 +95,25 @@ def _generate_task(job):
 
 
 def write_demos(out: str, suites: list[str], per_task: int = 10, size: int = 128, seed: int = 0,
-                workers: int = 2, first_init: int = DEMO_INIT_OFFSET) -> dict:
+                workers: int = 2, first_init: int = DEMO_INIT_OFFSET, layout: str = DEFAULT_LAYOUT) -> dict:
     """Generate the dataset into `out` (built in a temp dir, then renamed: never half-written)."""
     t0 = time.time()
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.join(tmp, "episodes"))
-    tasks = [(s, t.task_id) for s in suites for t in suite_tasks(s)]
-    jobs = [(s, i, per_task, size, seed, tmp, n * per_task, first_init) for n, (s, i) in enumerate(tasks)]
+    tasks = [(s, t.task_id) for s in suites for t in suite_tasks(s, layout)]
+    jobs = [(s, i, per_task, size, seed, tmp, n * per_task, first_init, layout) for n, (s, i) in enumerate(tasks)]
     if workers > 1:
         with get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
             recs = [r for rs in pool.map(_generate_task, jobs) for r in rs]
     else:
         recs = [r for job in jobs for r in _generate_task(job)]
-    meta = {"format": FORMAT, "image_size": size, "control_hz": 20, "expert_seed": seed,
+    meta = {"format": FORMAT, "image_size": size, "control_hz": 20, "expert_seed": seed, "layout": layout,
             "image_convention": "upright: rotated 180 degrees from the raw OpenGL-convention env frames",
             "tasks": [], "keys": {"state": "eef_pos(3) eef_axis_angle(3) gripper_qpos(2)",
                                   "actions": "dpos(3) daxis_angle(3) gripper(-1 open, +1 close)"}}
     for s in suites:
-        for t in suite_tasks(s):
+        for t in suite_tasks(s, layout):
             world, _ = t.scene(0)
             meta["tasks"].append({"suite": s, "task_id": t.task_id, "name": t.name, "language": t.language,
                                   "bodies": [asdict(b) for b in world.bodies]})

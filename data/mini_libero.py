@@ -29,7 +29,7 @@ import numpy as np
 
 from data.expert import Expert
 from data.render import Renderer
-from data.scenes import MAX_STEPS, N_INIT_STATES, SUITES, Task, suite_tasks
+from data.scenes import DEFAULT_LAYOUT, LAYOUTS, MAX_STEPS, N_INIT_STATES, SUITES, Task, layout_scale, suite_tasks
 
 SUITE_ALIASES = {"libero_spatial": "spatial", "libero_object": "object", "libero_goal": "goal",
                  "libero_10": "long", "libero_long": "long"}
@@ -56,9 +56,9 @@ def flip_image(img: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- benchmark access, LIBERO-style
 class Benchmark:
-    def __init__(self, suite: str):
-        self.name = suite_name(suite)
-        self.tasks: list[Task] = suite_tasks(self.name)
+    def __init__(self, suite: str, layout: str = DEFAULT_LAYOUT):
+        self.name, self.layout = suite_name(suite), layout
+        self.tasks: list[Task] = suite_tasks(self.name, layout)
         self.n_tasks = len(self.tasks)
         self.max_steps = MAX_STEPS[self.name]
         self._init_cache: dict[int, np.ndarray] = {}
@@ -76,12 +76,12 @@ class Benchmark:
         return self._init_cache[i]
 
 
-def get_benchmark(suite: str) -> Benchmark:
-    return Benchmark(suite)
+def get_benchmark(suite: str, layout: str = DEFAULT_LAYOUT) -> Benchmark:
+    return Benchmark(suite, layout)
 
 
-def get_benchmark_dict() -> dict:
-    return {f"libero_{s}" if s != "long" else "libero_10": (lambda s=s: Benchmark(s)) for s in SUITES}
+def get_benchmark_dict(layout: str = DEFAULT_LAYOUT) -> dict:
+    return {f"libero_{s}" if s != "long" else "libero_10": (lambda s=s: Benchmark(s, layout)) for s in SUITES}
 
 
 # ----------------------------------------------------------------------------- the environment
@@ -176,12 +176,12 @@ def expert_episode(task: Task, k: int, seed: int = 0, render: bool = True, size:
     return rec
 
 
-def expert_success(suites, trials: int, seed: int = 0) -> dict:
+def expert_success(suites, trials: int, seed: int = 0, layout: str = DEFAULT_LAYOUT) -> dict:
     """{suite: [success rate per task]} for the expert on the first `trials` init states (no rendering)."""
     out = {}
     for s in suites:
         rates = []
-        for task in suite_tasks(s):
+        for task in suite_tasks(s, layout):
             ok = sum(expert_episode(task, k, seed, render=False, record=False)["success"] for k in range(trials))
             rates.append(ok / trials)
         out[s] = rates
@@ -232,18 +232,26 @@ def main(argv=None) -> None:
     st = sub.add_parser("stats", help="print the statistics of a dataset (mini-LIBERO demos, LIBERO HDF5 or LeRobot)")
     st.add_argument("--data", default="out/demos", help="dataset path")
     st.add_argument("--data-format", default="auto", help="auto | mini | libero_hdf5 | lerobot")
+    for sp in (d, e, v):
+        sp.add_argument("--layout", default=DEFAULT_LAYOUT, help=f"where things start: {' | '.join(LAYOUTS)} "
+                        "(libero-x<k> scales LIBERO's spreads by k; data/scenes.py)")
     args = p.parse_args(argv)
+    if hasattr(args, "layout"):
+        try:
+            layout_scale(args.layout)
+        except ValueError as err:
+            p.exit(2, f"python -m data.mini_libero: --layout: {err}\n")
     suites = list(SUITES) if getattr(args, "suites", "all") == "all" else [suite_name(s) for s in args.suites.split(",")]
 
     if args.cmd == "expert":
         t0 = time.time()
-        res = expert_success(suites, min(args.trials, N_INIT_STATES), args.seed)
+        res = expert_success(suites, min(args.trials, N_INIT_STATES), args.seed, args.layout)
         for s, rates in res.items():
             print(f"{s:8s} mean {np.mean(rates):6.1%}  per task " + " ".join(f"{r:.0%}" for r in rates))
         print(f"({time.time() - t0:.1f}s)")
     elif args.cmd == "video":
         import os
-        task = suite_tasks(suite_name(args.suite))[args.task]
+        task = suite_tasks(suite_name(args.suite), args.layout)[args.task]
         ep = expert_episode(task, args.init, size=args.size)
         key = {"agentview": ["agentview_rgb"], "eye_in_hand": ["eye_in_hand_rgb"],
                "both": ["agentview_rgb", "eye_in_hand_rgb"]}[args.camera]
@@ -253,7 +261,7 @@ def main(argv=None) -> None:
         print(f"{args.out}: {ep['length']} steps, success={ep['success']}: {task.language}")
     elif args.cmd == "demos":
         from data.demos import write_demos
-        write_demos(args.out, suites, args.per_task, args.size, args.seed, args.workers)
+        write_demos(args.out, suites, args.per_task, args.size, args.seed, args.workers, layout=args.layout)
     elif args.cmd == "stats":
         from data.demos import open_dataset
         open_dataset(args.data, args.data_format).print_summary()

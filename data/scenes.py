@@ -4,9 +4,23 @@ A task is a scene (the list of bodies, fixed for the task), a layout sampler (wh
 deterministic sample per init-state index), an instruction in LIBERO's wording, a success predicate and
 the expert's plan (a list of primitives). Where mini-LIBERO cannot reproduce a LIBERO task with its
 kinematics (pushing, microwave doors) the task is replaced by the nearest one it can, marked `# ≠ LIBERO`.
+
+Layouts (where things start), one name wherever scenes are made:
+- `libero` (the default): LIBERO's own regime. Each suite has canonical scene(s) as LIBERO has them —
+  spatial: one scene for all ten tasks, only the two bowls' start spots change per task; object: one floor
+  scene with a basket, the task picks which groceries stand on its spots; goal: literally one scene for all
+  ten tasks; long: a few scene families. Every free body is then jittered uniformly by the spread LIBERO's
+  own 50 init states per task show (measured as max − min over them, halved): ±1.5 cm in spatial and goal
+  (bowls on the stove or cabinet top ±3 cm, one goal object ±2 cm), ±0.5 cm for libero_object's target
+  (basket ±1.5, other groceries ±1), ±2.5 cm in libero_10 (basket ±1). Fixtures (cabinet, stove) stay put.
+- `libero-x2`, `libero-x3` (any `libero-x<k>`): the same draws with every spread scaled by k, for
+  calibration: where between LIBERO's regime and the wide one a policy starts to need its camera.
+- `wide`: every free body anywhere in a ~50 × 28 cm band — LIBERO-PRO's position-perturbation regime, where
+  fine-tuned 7 B VLAs fall from 90+ % to single digits. Kept as the position-generalisation suite.
 """
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Callable
@@ -55,6 +69,21 @@ CATALOG = {
     "stove":    dict(shape="box", sx=0.090, sy=0.070, h=0.030, floor=0.030, inner=1.0, fixture="static"),
     "knob":     dict(shape="cyl", sx=0.012, h=0.020, fixture="knob", graspable=True, grasp_width=0.014, rail=(0.0, 1.2)),
 }
+DEFAULT_LAYOUT = "libero"
+LAYOUTS = ("libero", "libero-x2", "libero-x3", "wide")     # the named ones; any libero-x<k> is valid too
+
+
+def layout_scale(layout: str) -> float | None:
+    """The factor on LIBERO's spreads a layout name stands for: libero → 1, libero-x<k> → k, wide → None.
+    Anything else is a ValueError whose one line lists the valid names."""
+    if layout == "wide":
+        return None
+    m = re.fullmatch(r"libero(?:-x(\d+(?:\.\d+)?))?", layout or "")
+    if m is None or (m.group(1) is not None and float(m.group(1)) <= 0):
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)} (or libero-x<k>, k > 0)")
+    return float(m.group(1) or 1.0)
+
+
 DRAWER_LEVELS = {"bottom": 0.010, "middle": 0.085, "top": 0.160}   # drawer base heights in the cabinet
 DRAWER_OPEN, STOVE_ON = 0.08, 0.6                                   # success thresholds (m, rad)
 
@@ -78,8 +107,13 @@ def make_body(name: str, kind: str, color: str, label: str = "", **over) -> Body
 class SceneBuilder:
     """Collects bodies and their sampled starting poses; `world()` freezes them into a World."""
 
-    def __init__(self, rng: np.random.Generator):
-        self.rng, self.bodies, self.poses, self.supports, self.joints = rng, [], [], [], []
+    def __init__(self, rng: np.random.Generator, scale: float = 1.0):
+        self.rng, self.scale, self.bodies, self.poses, self.supports, self.joints = rng, scale, [], [], [], []
+
+    def jit(self, xy, spread: float) -> tuple[float, float]:
+        """A canonical spot moved uniformly by up to ±spread·scale in x and in y (a LIBERO placement region)."""
+        a = spread * self.scale
+        return float(xy[0] + self.rng.uniform(-a, a)), float(xy[1] + self.rng.uniform(-a, a))
 
     def add(self, name, kind, color, xy, z=0.0, on=-1, yaw=0.0, label="", **over) -> int:
         self.bodies.append(make_body(name, kind, color, label, **over))
@@ -146,13 +180,34 @@ class Task:
     task_id: int
     name: str                     # LIBERO-style file-ish name, e.g. "pick_up_the_black_bowl_..."
     language: str
-    build: Callable[[np.random.Generator], tuple[World, list]]   # rng → (world, expert plan)
+    wide: Callable[[np.random.Generator], tuple[World, list]]    # rng → (world, expert plan), the wide layout
+    canonical: Callable[[SceneBuilder], tuple[World, list]]     # builder → (world, plan): LIBERO's spots + jitter
     success: Callable[[World], bool]
+    layout: str = DEFAULT_LAYOUT
+
+    def __post_init__(self):
+        self.scale = layout_scale(self.layout)
 
     def scene(self, k: int) -> tuple[World, list]:
-        """The k-th fixed initial scene: deterministic in (suite, task_id, k)."""
-        seed = zlib.crc32(f"{self.suite}/{self.task_id}/{k}".encode())
-        return self.build(np.random.default_rng(seed))
+        """The k-th fixed initial scene: deterministic in (suite, task_id, k, layout). The libero layouts share
+        one seed per k, so libero-x3's scene k is libero's draw with three times the offsets."""
+        if self.scale is None:
+            return self.wide(np.random.default_rng(zlib.crc32(f"{self.suite}/{self.task_id}/{k}".encode())))
+        rng = np.random.default_rng(zlib.crc32(f"{self.suite}/{self.task_id}/{k}/libero".encode()))
+        for _ in range(100):      # wide spreads (libero-x3) can push two bodies into each other: draw again
+            world, plan = self.canonical(SceneBuilder(rng, self.scale))
+            if min_gap(world) >= 0.0:
+                return world, plan
+        raise RuntimeError(f"{self.suite} task {self.task_id}: no overlap-free layout at {self.layout}")
+
+
+def min_gap(w: World) -> float:
+    """The smallest gap between the footprints (axis-aligned boxes; a cylinder's is its bounding square) of two
+    bodies standing on the table, fixtures aside; negative when two overlap."""
+    free = [i for i, b in enumerate(w.bodies) if w.support[i] == -1 and not b.fixture]
+    gap = lambda i, j: max(abs(w.pos[i, 0] - w.pos[j, 0]) - w.bodies[i].sx - w.bodies[j].sx,
+                           abs(w.pos[i, 1] - w.pos[j, 1]) - w.bodies[i].sy - w.bodies[j].sy)
+    return float(min((gap(i, j) for a, i in enumerate(free) for j in free[a + 1:]), default=1.0))
 
 
 def on(a: str, b: str) -> Callable[[World], bool]:
@@ -238,12 +293,40 @@ def _spatial_scene(rel: int, rng) -> tuple[World, list]:
     return s.world(), [("pick_place", "black_bowl_1", "plate")]
 
 
-def spatial_tasks() -> list[Task]:
+# LIBERO-spatial's one scene: every task shares these spots; only the two bowls' start spots change per task
+SPATIAL_SPOTS = {"cabinet": (-0.23, 0.245), "stove": (0.21, 0.245), "plate": (-0.13, -0.07),
+                 "ramekin": (0.09, -0.07), "cookie_box": (0.17, 0.08), "black_bowl_2": (-0.06, 0.11)}
+SPREAD_SPATIAL, SPREAD_RAISED = 0.015, 0.03   # table objects ±1.5 cm; a bowl on the stove or cabinet top ±3 cm
+# where the target bowl starts, per relation: a table spot, or ("on", base, dxy, spread) for a bowl resting on a
+# body (on the cookie box or ramekin it moves with them: their ±1.5 cm is its spread; the fixtures stay put)
+SPATIAL_BOWL = {0: (-0.02, -0.07), 1: (0.19, -0.07), 2: (0.0, 0.01), 3: ("on", "cookie_box", (0.0, 0.0), 0.0),
+                4: ("on", "top", (0.0, -0.02), SPREAD_SPATIAL), 5: ("on", "ramekin", (0.0, 0.0), 0.0),
+                6: (0.05, 0.10), 7: ("on", "stove", (-0.03, 0.015), SPREAD_RAISED), 8: (-0.25, -0.07),
+                9: ("on", "cabinet", (0.0, 0.0), SPREAD_RAISED)}
+
+
+def _spatial_canonical(rel: int, s: SceneBuilder) -> tuple[World, list]:
+    sp = SPATIAL_SPOTS
+    fix = s.cabinet(sp["cabinet"], open_drawer="top" if rel == 4 else "")
+    fix.update(s.stove(sp["stove"]))
+    bodies = {"plate": s.add("plate", "plate", "white", s.jit(sp["plate"], SPREAD_SPATIAL)),
+              "ramekin": s.add("ramekin", "ramekin", "cream", s.jit(sp["ramekin"], SPREAD_SPATIAL)),
+              "cookie_box": s.add("cookie_box", "cookie_box", "red", s.jit(sp["cookie_box"], SPREAD_SPATIAL))}
+    spot = SPATIAL_BOWL[rel]
+    if spot[0] == "on":
+        s.add_on("black_bowl_1", "bowl", "black", {**fix, **bodies}[spot[1]], s.jit(spot[2], spot[3]), label=BOWL)
+    else:
+        s.add("black_bowl_1", "bowl", "black", s.jit(spot, SPREAD_SPATIAL), label=BOWL)
+    s.add("black_bowl_2", "bowl", "black", s.jit(sp["black_bowl_2"], SPREAD_SPATIAL), label=BOWL)
+    return s.world(), [("pick_place", "black_bowl_1", "plate")]
+
+
+def spatial_tasks(layout: str = DEFAULT_LAYOUT) -> list[Task]:
     out = []
     for i, rel in enumerate(SPATIAL_RELATIONS):
         lang = f"pick up the black bowl {rel} and place it on the plate"
         out.append(Task("spatial", i, snake(lang), lang, lambda rng, r=i: _spatial_scene(r, rng),
-                        on("black_bowl_1", "plate")))
+                        lambda b, r=i: _spatial_canonical(r, b), on("black_bowl_1", "plate"), layout))
     return out
 
 
@@ -265,10 +348,30 @@ def _object_scene(t: int, rng) -> tuple[World, list]:
     return s.world(), [("pick_place", target, "basket")]
 
 
-def object_tasks() -> list[Task]:
+# LIBERO-object's floor scene: the basket at the back, six spots in front; a task decides which groceries stand
+# on them (its target and five others) and where its target stands
+OBJECT_SPOTS = [(-0.18, -0.12), (0.0, -0.12), (0.18, -0.12), (-0.18, 0.04), (0.0, 0.04), (0.18, 0.04)]
+BASKET_SPOT = (0.0, 0.22)
+SPREAD_TARGET, SPREAD_OTHER, SPREAD_BASKET = 0.005, 0.01, 0.015
+
+
+def _object_canonical(t: int, s: SceneBuilder) -> tuple[World, list]:
+    s.add("basket", "basket", "wicker", s.jit(BASKET_SPOT, SPREAD_BASKET), label="the basket")
+    others = [g for g in OBJECT_TARGETS if g != OBJECT_TARGETS[t]]
+    pick = np.random.default_rng(t).permutation(len(others))[:5]    # the same five as the wide layout's scene
+    spots = np.random.default_rng(100 + t).permutation(len(OBJECT_SPOTS))   # the task's arrangement
+    for n, g in enumerate([OBJECT_TARGETS[t]] + [others[i] for i in pick]):
+        kind, color = GROCERIES[g]
+        s.add(snake(g), kind, color, s.jit(OBJECT_SPOTS[spots[n]], SPREAD_TARGET if n == 0 else SPREAD_OTHER),
+              label=f"the {g}")
+    return s.world(), [("pick_place", snake(OBJECT_TARGETS[t]), "basket")]
+
+
+def object_tasks(layout: str = DEFAULT_LAYOUT) -> list[Task]:
     return [Task("object", i, snake(f"pick up the {g} and place it in the basket"),
                  f"pick up the {g} and place it in the basket", lambda rng, t=i: _object_scene(t, rng),
-                 on(snake(g), "basket")) for i, g in enumerate(OBJECT_TARGETS)]
+                 lambda b, t=i: _object_canonical(t, b), on(snake(g), "basket"), layout)
+            for i, g in enumerate(OBJECT_TARGETS)]
 
 
 # ----------------------------------------------------------------------------- libero_goal (one scene, ten goals)
@@ -282,6 +385,22 @@ def _goal_scene(open_drawer: str, rng) -> World:
     s.add("bowl", "bowl", "black", (j(-0.04, 0.04), j(-0.08, -0.02)))
     s.add("cream_cheese", "box", "blue", (j(-0.20, -0.14), j(-0.14, -0.06)), label="the cream cheese")
     s.add("wine_bottle", "bottle", "purple", (j(-0.10, -0.05), j(0.06, 0.12)), label="the wine bottle")
+    return s.world()
+
+
+# LIBERO-goal's one scene, shared by all ten tasks: (name, kind, colour, spot, spread, label)
+GOAL_SPOTS = [("rack", "rack", "wooden", (0.02, 0.28), 0.015, "the wine rack"),
+              ("plate", "plate", "white", (0.16, -0.09), 0.015, ""),
+              ("bowl", "bowl", "black", (0.0, -0.05), 0.015, ""),
+              ("cream_cheese", "box", "blue", (-0.17, -0.10), 0.02, "the cream cheese"),
+              ("wine_bottle", "bottle", "purple", (-0.075, 0.09), 0.015, "the wine bottle")]
+
+
+def _goal_canonical(s: SceneBuilder) -> World:
+    s.cabinet((-0.25, 0.25))
+    s.stove((0.21, 0.24))
+    for name, kind, color, spot, spread, label in GOAL_SPOTS:
+        s.add(name, kind, color, s.jit(spot, spread), label=label)
     return s.world()
 
 
@@ -301,8 +420,9 @@ GOAL_TASKS = [  # (instruction, plan, success)
 ]
 
 
-def goal_tasks() -> list[Task]:
-    return [Task("goal", i, snake(lang), lang, lambda rng, p=plan: (_goal_scene("", rng), list(p)), succ)
+def goal_tasks(layout: str = DEFAULT_LAYOUT) -> list[Task]:
+    return [Task("goal", i, snake(lang), lang, lambda rng, p=plan: (_goal_scene("", rng), list(p)),
+                 lambda b, p=plan: (_goal_canonical(b), list(p)), succ, layout)
             for i, (lang, plan, succ) in enumerate(GOAL_TASKS)]
 
 
@@ -355,6 +475,56 @@ def _long_scene(t: int, rng) -> tuple[World, list]:
     return s.world(), [("pick_place", "white_mug", "plate"), ("place_beside", "chocolate_pudding", "plate", (0.10, 0.0))]
 
 
+# libero_10's scene families (tasks sharing a scene share its spots): ±2.5 cm per free body, the basket ±1 cm
+SPREAD_LONG, SPREAD_LONG_BASKET = 0.025, 0.01
+LONG_FRONT = [(-0.21, -0.10), (-0.07, -0.10), (0.07, -0.10), (0.21, -0.10), (-0.13, 0.06), (0.13, 0.06)]
+
+
+def _long_canonical(t: int, s: SceneBuilder) -> tuple[World, list]:
+    j = lambda xy: s.jit(xy, SPREAD_LONG)
+    if t in (0, 1, 7):                                  # the basket scene
+        s.add("basket", "basket", "wicker", s.jit((0.0, 0.235), SPREAD_LONG_BASKET), label="the basket")
+        for g, spot in zip(["alphabet soup", "tomato sauce", "cream cheese", "butter", "ketchup"], LONG_FRONT):
+            kind, color = GROCERIES[g]
+            s.add(snake(g), kind, color, j(spot), label=f"the {g}")
+        pair = {0: ("alphabet_soup", "tomato_sauce"), 1: ("cream_cheese", "butter"),
+                7: ("alphabet_soup", "cream_cheese")}[t]
+        return s.world(), [("pick_place", pair[0], "basket"), ("pick_place", pair[1], "basket")]
+    if t in (2, 8):                                     # the stove scenes
+        s.stove((0.0, 0.24))
+        s.add("moka_pot_1", "moka_pot", "silver", j((-0.13, -0.05)), label="the moka pot")
+        if t == 2:
+            s.add("white_mug", "mug", "white", j((0.13, -0.05)))
+            return s.world(), [("turn_on", "stove_knob"), ("pick_place", "moka_pot_1", "flat_stove")]
+        s.add("moka_pot_2", "moka_pot", "silver", j((0.13, -0.05)), label="the moka pot")
+        return s.world(), [("pick_place", "moka_pot_1", "flat_stove", (-0.045, 0.02)),
+                           ("pick_place", "moka_pot_2", "flat_stove", (0.03, 0.02))]
+    if t in (3, 9):                                     # the cabinet scenes
+        s.cabinet((0.0, 0.25), open_drawer="bottom" if t == 3 else "top")
+        obj = s.add("black_bowl", "bowl", "black", j((-0.15, -0.05))) if t == 3 else \
+            s.add("yellow_and_white_mug", "mug", "yellow and white", j((-0.15, -0.05)))
+        s.add("plate", "plate", "white", j((0.13, -0.07)))
+        d = "bottom_drawer" if t == 3 else "top_drawer"
+        return s.world(), [("pick_place", s.bodies[obj].name, d), ("close", d)]
+    if t == 4:                                          # two plates, two mugs
+        s.add("left_plate", "plate", "white", j((-0.17, 0.17)), label="the left plate")
+        s.add("right_plate", "plate", "white", j((0.17, 0.17)), label="the right plate")
+        s.add("white_mug", "mug", "white", j((0.09, -0.08)))
+        s.add("yellow_and_white_mug", "mug", "yellow and white", j((-0.09, -0.08)))
+        return s.world(), [("pick_place", "white_mug", "left_plate"), ("pick_place", "yellow_and_white_mug", "right_plate")]
+    if t == 5:                                          # the study: a two-compartment caddy moves as one
+        cx, cy = j((0.0, 0.19))
+        s.add("caddy_back", "caddy", "grey", (cx, cy + 0.033), label="the back compartment of the caddy")
+        s.add("caddy_front", "caddy", "grey", (cx, cy - 0.033), label="the front compartment of the caddy")
+        s.add("book", "book", "blue", j((-0.12, -0.08)))
+        s.add("white_mug", "mug", "white", j((0.12, -0.08)))
+        return s.world(), [("pick_place", "book", "caddy_back")]
+    s.add("plate", "plate", "white", j((-0.04, 0.15)))    # t == 6
+    s.add("white_mug", "mug", "white", j((-0.16, -0.07)))
+    s.add("chocolate_pudding", "box", "brown", j((0.12, -0.08)), label="the chocolate pudding")
+    return s.world(), [("pick_place", "white_mug", "plate"), ("place_beside", "chocolate_pudding", "plate", (0.10, 0.0))]
+
+
 LONG_TASKS = [
     ("put both the alphabet soup and the tomato sauce in the basket",
      all_of(on("alphabet_soup", "basket"), on("tomato_sauce", "basket"))),
@@ -376,10 +546,11 @@ LONG_TASKS = [
 ]
 
 
-def long_tasks() -> list[Task]:
-    return [Task("long", i, snake(lang), lang, lambda rng, t=i: _long_scene(t, rng), succ)
-            for i, (lang, succ) in enumerate(LONG_TASKS)]
+def long_tasks(layout: str = DEFAULT_LAYOUT) -> list[Task]:
+    return [Task("long", i, snake(lang), lang, lambda rng, t=i: _long_scene(t, rng),
+                 lambda b, t=i: _long_canonical(t, b), succ, layout) for i, (lang, succ) in enumerate(LONG_TASKS)]
 
 
-def suite_tasks(suite: str) -> list[Task]:
-    return {"spatial": spatial_tasks, "object": object_tasks, "goal": goal_tasks, "long": long_tasks}[suite]()
+def suite_tasks(suite: str, layout: str = DEFAULT_LAYOUT) -> list[Task]:
+    """The suite's ten tasks, their scenes drawn with `layout` (see the module docstring)."""
+    return {"spatial": spatial_tasks, "object": object_tasks, "goal": goal_tasks, "long": long_tasks}[suite](layout)
