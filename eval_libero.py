@@ -457,6 +457,8 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
     if cfg.workers != 1:
         from eval_workers import run_workers    # the episodes over processes, each running this function
         return run_workers(cfg, policy, backend)
+    if backend is None and cfg.env not in ("mini", "libero"):
+        fail(f"--env must be mini or libero, not {cfg.env!r}")
     policy = policy if policy is not None else load_policy(cfg)
     trained = getattr(policy, "layout", None)             # the layout of the policy's demos, when it says
     backend = backend or make_backend(cfg.env, check_layout(cfg.layout or trained or DEFAULT_LAYOUT))

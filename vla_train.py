@@ -6,7 +6,7 @@ frames of any size); writes `--out DIR`: `head.safetensors`, `vla_config.json` (
 prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --policy DIR` loads it through
 `Policy.load`.
 
-    python vla_train.py --backbone out/sft                       # ~100 s on one CPU thread (L1 0.215 vs 0.309)
+    python vla_train.py --backbone out/sft                       # a few CPU minutes (README: figures and times)
     python vla_train.py --backbone out/sft --finetune-backbone   # backbone trained too (slow: ~0.5 s a step)
     python vla_train.py --backbone out/grpo --out out/vla_grpo
     python vla_train.py --backbone out/sft --prompt reasoning    # the reasoning prompt instead of the instruction
@@ -16,17 +16,27 @@ prompt mode, normalisation statistics) and `metrics.json`. `eval_libero.py --pol
 
 What the head sees. The backbone reads the upright agentview frame (+ the wrist frame with --wrist) and a
 prompt — by default the instruction alone; with --prompt reasoning, the reasoning prompt RoboAlign trains
-with — in one forward pass: no text is generated at control time. The head cross-attends to the hidden states
-of every prompt token at layer `--layer` (default: the paper's relative depth, 18 of 28 → round(0.64·L); HF's
-hidden_states[k] is the output of decoder block k, [0] the embeddings) or, with --pooled, to the last token
-only (CogACT's one "cognition" token). Inputs: 8-D proprio (z-scored with the demos' mean/std); outputs:
-an H-step chunk of 7-D actions, quantile-normalised (q01..q99 → −1..1) and clipped to [−1, 1] for the DDPM.
+with — in one forward pass: no text is generated at control time. The head reads the hidden states of every
+prompt token (image tokens included) at layer `--layer` (default: the paper's relative depth, 18 of 28 →
+round(0.64·L); HF's hidden_states[k] is the output of decoder block k, [0] the embeddings) or, with --pooled,
+the last token only (CogACT's one "cognition" token). Inputs: 8-D proprio (z-scored with the demos' mean/std);
+outputs: an H-step chunk of 7-D actions, quantile-normalised (q01..q99 → −1..1) and clipped to [−1, 1].
+
+The head (diffusion_head.py) is a DDPM head, and two choices in it decide whether the VLA closes the loop on CPU
+budgets, both measured closed-loop on mini-LIBERO's libero layouts (10 trials per task, 4 suites): it predicts
+x0 (`--prediction sample`) rather than ε, and its denoiser is a residual MLP on an attention-pooled condition
+(`--arch mlp`) rather than cross-attention transformer blocks. With privileged state as the condition, the old
+setting (ε, 2-block transformer, batch 64) closed the loop 2-13 % of the time; x0 with the transformer 72 %; x0
+with the MLP denoiser 85 % in half the training time — the transformer attends over every condition token in
+every block, which on 2 cores leaves few samples per second. `--arch transformer --prediction epsilon` is the
+classic Diffusion-Policy-style head and stays a flag away.
 
 The calibration ladder (--features). `backbone` is the VLA. `blind` feeds the backbone a blank frame, so the head
-knows the task and its proprio but never looks: with a policy this close to the demos' layouts, how far looking
-gets above that is what the image is worth. `oracle` replaces the backbone by privileged state (mini-LIBERO's
-sim_state: the hand, every body's pose relative to it, the gripper, the task): one token per body, so the same
-cross-attending head reads it; it is what perfect perception allows with these demos and this head.
+knows the task and its proprio but never looks: how far the VLA gets above it is what the image is worth.
+`oracle` replaces the backbone by privileged state (mini-LIBERO's sim_state: the hand, every body's pose and its
+offset from the hand, drawer/knob joints, the task), one vector as the condition; it is what perfect perception
+allows with these demos and this head. eval_libero.py's `--policy replay` (a same-task demo replayed open-loop)
+is the floor below them.
 
 Feature caching. With the backbone frozen (the paper's setting) and in eval mode, its hidden states for a
 frame and prompt are a deterministic function of them: no dropout, no augmentation, weights never change.
@@ -42,7 +52,8 @@ Full-size recipe (paper: Qwen2.5-VL-7B backbone frozen, layer 18, a GR00T-N1.5-s
 batch 32, 2× A100; GR00T's head is flow matching, this one is DDPM as the project brief asks):
     torchrun --nproc_per_node 2 vla_train.py --backbone out/grpo --data path/to/libero --steps 60000 \\
         --batch 32 --layer 18 --wrist --frame-stride 1 --n-layers 4 --lr 1e-3
-(The CPU defaults — every 8th frame, a 2-block head, lr 4e-3, 1200 steps — are sized for ~100 s; README.)
+(The CPU defaults — every 4th frame, a 3-block MLP denoiser of width 256, batch 256, lr 1e-3, 2000 steps — are
+sized for a few minutes on one core; README.)
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def arg(default, help):                       # a dataclass field that carries i
 @dataclass
 class Config:
     root: str = arg("out", "the pipeline's output directory (scripts/pipeline.sh's OUT)")
-    evals: str = arg("SFT=eval_sft,SFT+GRPO=eval,expert=eval_expert",
+    evals: str = arg("VLA (SFT)=eval_sft,VLA (SFT+GRPO)=eval,replay (floor)=eval_replay,expert=eval_expert",
                      "name=dir pairs under --root: eval_libero.py outputs, one table row each")
     vlas: str = arg("SFT=vla_sft,SFT+GRPO=vla", "name=dir pairs under --root: vla_train.py outputs")
     out: str = arg("", "also write the summary to this Markdown file")
@@ -59,13 +59,15 @@ def pct(k: int, n: int) -> str:
 
 
 def success_table(results: dict) -> str:
-    """{row name: eval_libero results.json or None} → Markdown: success per suite and pooled over suites."""
+    """{row name: eval_libero results.json or None} → Markdown: success per suite and pooled over suites. The
+    replay row is the floor (a same-task demo replayed open-loop: a policy that never looks), the expert row the
+    privileged ceiling of the world itself."""
     suites = []
     for r in results.values():
         for s in (r or {}).get("suites", {}):
             if s not in suites:
                 suites.append(s)
-    lines = ["| backbone | " + " | ".join(suites) + " | all suites (pooled) |", "|---" * (len(suites) + 2) + "|"]
+    lines = ["| policy | " + " | ".join(suites) + " | all suites (pooled) |", "|---" * (len(suites) + 2) + "|"]
     for name, r in results.items():
         if not r:
             lines.append(f"| {name} | " + " | ".join("–" for _ in suites) + " | – |")
