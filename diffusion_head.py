@@ -195,6 +195,8 @@ class HeadConfig:
     prediction: str = "epsilon"        # what the denoiser outputs: epsilon | sample (x0) | v_prediction
     arch: str = "transformer"          # the denoiser: transformer (tokens, cross-attention) | mlp (see MLPDenoiser)
     n_queries: int = 4                 # mlp: learned queries that attention-pool the condition tokens
+    cond_dropout: float = 0.0          # mlp: dropout on the pooled condition while training (a regulariser)
+    cond_noise: float = 0.0            # Gaussian noise (std) on the normalised condition tokens while training
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10000.0):
@@ -257,6 +259,7 @@ class MLPDenoiser(nn.Module):
         d, ha = cfg.d_model, cfg.horizon * cfg.action_dim
         self.logits = nn.Linear(cfg.cond_dim, cfg.n_queries)            # one attention logit per token and query
         self.pool_out = nn.Linear(cfg.n_queries * cfg.cond_dim, d)
+        self.drop = nn.Dropout(cfg.cond_dropout)
         self.inp = nn.Linear(ha + 2 * d + (d if cfg.proprio_dim else 0), d)
         self.blocks = nn.Sequential(*(ResBlock(d) for _ in range(cfg.n_layers)))
         self.out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, ha))
@@ -264,7 +267,7 @@ class MLPDenoiser(nn.Module):
     def forward(self, x_t, t_emb, p_emb, cond, cond_mask):
         B = x_t.shape[0]
         w = self.logits(cond).masked_fill(~cond_mask[..., None], float("-inf")).softmax(1)   # [B, L, Q]
-        pooled = self.pool_out((w.transpose(1, 2) @ cond).reshape(B, -1))                   # [B, Q, C] -> [B, d]
+        pooled = self.drop(self.pool_out((w.transpose(1, 2) @ cond).reshape(B, -1)))       # [B, Q, C] -> [B, d]
         parts = [x_t.reshape(B, -1), t_emb, pooled] + ([p_emb] if p_emb is not None else [])
         return self.out(self.blocks(self.inp(torch.cat(parts, -1)))).view_as(x_t)
 
@@ -317,7 +320,10 @@ class DiffusionHead(nn.Module):
         noise = torch.randn(actions.shape, device=dev, generator=generator)
         abar = self.abar.to(dev)
         x_t = q_sample(actions, t, noise, abar)
-        out = self.denoise(x_t, t, proprio, *self.encode_cond(cond, cond_mask)).float()
+        tok, tok_mask = self.encode_cond(cond, cond_mask)
+        if self.cfg.cond_noise and self.training:      # augmentation: the head may not lean on any one feature's details
+            tok = tok + self.cfg.cond_noise * torch.randn(tok.shape, device=dev, generator=generator)
+        out = self.denoise(x_t, t, proprio, tok, tok_mask).float()
         if self.cfg.prediction == "sample":
             target = actions
         elif self.cfg.prediction == "v_prediction":

@@ -97,12 +97,14 @@ class Config:
     pooled: bool = arg(False, "condition on the last prompt token only (CogACT-style) instead of all tokens")
     finetune_backbone: bool = arg(False, "train the backbone jointly with the head (no feature cache; the paper freezes it)")
     backbone_lr: float = arg(1e-4, "peak learning rate of the backbone with --finetune-backbone")
-    frame_stride: int = arg(8, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
-    steps: int = arg(1200, "optimizer steps")
-    batch: int = arg(64, "global batch (over ranks)")
-    lr: float = arg(4e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
+    frame_stride: int = arg(4, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
+    steps: int = arg(2000, "optimizer steps")
+    batch: int = arg(256, "global batch (over ranks)")
+    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
     arch: str = arg("mlp", "head denoiser: mlp (pooled condition, residual MLP) | transformer (cross-attention blocks)")
     d_model: int = arg(256, "head width")
+    cond_dropout: float = arg(0.0, "dropout on the head's pooled condition while training (--arch mlp)")
+    cond_noise: float = arg(0.0, "Gaussian noise (std) on the head's normalised condition tokens while training")
     n_layers: int = arg(3, "head blocks (residual MLP or transformer)")
     prediction: str = arg("sample", "what the DDPM head predicts: sample (x0) | epsilon | v_prediction (diffusion_head.py)")
     ddim_steps: int = arg(10, "DDIM steps at inference (100 training steps, squaredcos_cap_v2 schedule)")
@@ -453,7 +455,8 @@ def main(cfg: Config) -> dict:
     t_feat = time.time() - t0 - t_data
 
     hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
-                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch)
+                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch,
+                      cond_dropout=cfg.cond_dropout, cond_noise=cfg.cond_noise)
     torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
     head = DiffusionHead(hcfg).to(device)
     vla = VLA(head, model if cfg.finetune_backbone else None, layer)

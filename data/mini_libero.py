@@ -214,7 +214,7 @@ def main(argv=None) -> None:
     d = sub.add_parser("demos", help="generate expert demonstrations into a dataset directory")
     d.add_argument("--out", default="out/demos", help="dataset directory to write")
     d.add_argument("--suites", default="all", help="comma-separated suites (spatial,object,goal,long) or 'all'")
-    d.add_argument("--per-task", type=int, default=10, help="successful demos per task")
+    d.add_argument("--per-task", type=int, default=20, help="successful demos per task (LIBERO has 50; README)")
     d.add_argument("--size", type=int, default=128, help="image resolution (square)")
     d.add_argument("--seed", type=int, default=0, help="expert style seed")
     d.add_argument("--workers", type=int, default=2, help="worker processes")

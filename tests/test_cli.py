@@ -7,7 +7,8 @@ import pytest
 
 from conftest import ENV, ROOT
 
-STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_train.py", "eval_libero.py",
+STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_train.py", "eval_libero.py", "serve.py",
+          "bench/calibration.py",
           "knn_probe.py", "ablate.py", "scripts/summary.py"]
 
 

@@ -162,11 +162,48 @@ def test_samplers_recover_a_point_mass_with_the_oracle_eps(K):
     assert torch.allclose(x, target.expand(5, 3), atol=1e-9)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "sample", "v_prediction"])
+def test_every_parameterisation_gives_the_samplers_the_same_eps(prediction):
+    """The output a perfect network would give for each parameterisation converts back to the true ε."""
+    abar = dh.cosine_schedule(100)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(4, 3, 2, generator=g) * 2 - 1, torch.randn(4, 3, 2, generator=g)
+    t = torch.tensor([0, 10, 50, 99])
+    x_t = dh.q_sample(x0, t, eps, abar)
+    a = dh._at(abar, t, x0)
+    out = {"epsilon": eps, "sample": x0, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * x0}[prediction]
+    assert torch.allclose(dh.eps_from_output(out, x_t, t, abar, prediction), eps, atol=2e-3)
+    with pytest.raises(ValueError, match="epsilon, sample or v_prediction"):
+        dh.eps_from_output(out, x_t, t, abar, "score")
+
+
+def test_the_loss_regresses_the_parameterisations_target():
+    """With the network replaced by the target itself the loss is 0: x0 for "sample", v for "v_prediction"."""
+    for prediction in ("sample", "v_prediction", "epsilon"):
+        head = tiny_head(prediction=prediction)
+        actions, proprio, cond, mask = tiny_batch()
+        seen = {}
+
+        def perfect(x_t, t, *_):
+            g = torch.Generator().manual_seed(5)
+            torch.randint(0, head.cfg.train_steps, (2,), generator=g)          # replays loss()'s draws
+            eps = torch.randn(actions.shape, generator=g)
+            a = dh._at(head.abar, t, actions)
+            seen["x_t"] = x_t
+            return {"epsilon": eps, "sample": actions, "v_prediction": a.sqrt() * eps - (1 - a).sqrt() * actions}[prediction]
+        head.denoise = perfect
+        assert head.loss(actions, proprio, cond, mask, generator=torch.Generator().manual_seed(5)).item() < 1e-10
+
+
 # ----------------------------------------------------------------------------- the head
 
-@pytest.mark.parametrize("pooled", [False, True])
-def test_head_shapes_loss_and_gradients(pooled):
-    head = tiny_head(pooled=pooled)
+HEADS = [dict(pooled=False), dict(pooled=True), dict(arch="mlp"), dict(arch="mlp", pooled=True),
+         dict(arch="mlp", prediction="sample"), dict(prediction="v_prediction")]
+
+
+@pytest.mark.parametrize("kw", HEADS)
+def test_head_shapes_loss_and_gradients(kw):
+    head = tiny_head(**kw)
     actions, proprio, cond, mask = tiny_batch()
     loss = head.loss(actions, proprio, cond, mask)
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -182,16 +219,17 @@ def test_head_shapes_loss_and_gradients(pooled):
         head.sample(proprio, cond, mask, method="euler")
 
 
-def test_head_without_proprio():
-    head = tiny_head(proprio_dim=0)
+@pytest.mark.parametrize("arch", ["transformer", "mlp"])
+def test_head_without_proprio(arch):
+    head = tiny_head(proprio_dim=0, arch=arch)
     actions, _, cond, mask = tiny_batch()
     assert torch.isfinite(head.loss(actions, None, cond, mask))
     assert head.sample(None, cond, mask).shape == (2, 4, 3)
 
 
-@pytest.mark.parametrize("pooled", [False, True])
-def test_masked_cond_tokens_are_ignored(pooled):
-    head = tiny_head(pooled=pooled)
+@pytest.mark.parametrize("kw", HEADS[:4])
+def test_masked_cond_tokens_are_ignored(kw):
+    head = tiny_head(**kw)
     actions, proprio, cond, mask = tiny_batch()
     t = torch.tensor([3, 7])
     out = lambda c: head.denoise(actions, t, proprio, *head.encode_cond(c, mask))
@@ -215,9 +253,11 @@ def test_pooled_takes_the_last_real_token():
     assert torch.allclose(tok[:, 0], head.cond_in(cond[[0, 1, 2], [4, 2, 1]]))
 
 
-def test_head_memorises_one_chunk():
-    """Trained on a single (condition, chunk) pair, DDIM-10 from pure noise must return that chunk."""
-    head = tiny_head(train_steps=20)
+@pytest.mark.parametrize("kw", [dict(), dict(arch="mlp", prediction="sample"), dict(prediction="v_prediction")])
+def test_head_memorises_one_chunk(kw):
+    """Trained on a single (condition, chunk) pair, DDIM-10 from pure noise must return that chunk, whatever the
+    network predicts (ε, x0 or v) and whichever denoiser."""
+    head = tiny_head(train_steps=20, **kw)
     actions, proprio, cond, mask = tiny_batch(B=1)
     batch = [x.expand(64, *x.shape[1:]) for x in (actions, proprio, cond, mask)]
     err = lambda: (head.sample(*batch[1:], generator=torch.Generator().manual_seed(1)) - actions).abs().amax((1, 2))

@@ -21,18 +21,19 @@ def test_pipeline_end_to_end(demos_dir, fast_dir, tiny_ckpt, tiny_vla, tmp_path)
     for policy, name in [(out / "vla_sft", "eval_sft"), (out / "vla", "eval")]:        # VLAs: 10 steps suffice here
         run("eval_libero.py", "--policy", str(policy), "--out", str(out / name), *ev, "--max-steps", "10")
     run("eval_libero.py", "--policy", "expert", "--out", str(out / "eval_expert"), *ev)   # the expert needs its full episode
+    run("eval_libero.py", "--policy", "replay", "--data", str(out / "demos"), "--out", str(out / "eval_replay"), *ev)
     vcfg = json.load(open(out / "vla" / "vla_config.json"))
     assert vcfg["backbone"] == os.path.abspath(out / "grpo")
-    for name in ("eval_sft", "eval", "eval_expert"):
+    for name in ("eval_sft", "eval", "eval_expert", "eval_replay"):
         r = json.load(open(out / name / "results.json"))
         assert set(r["suites"]) == {"spatial", "goal"} and all(v["n"] == 1 for v in r["suites"].values())
     assert json.load(open(out / "eval_expert" / "metrics.json"))["average"] == 1.0     # the ceiling: a sanity check
 
     p = run("scripts/summary.py", "--root", str(out), "--out", str(out / "summary.md"))
     table = p.stdout
-    for row in ("| SFT | ", "| SFT+GRPO | ", "| expert | 100.0% ["):
+    for row in ("| VLA (SFT) | ", "| VLA (SFT+GRPO) | ", "| replay (floor) | ", "| expert | 100.0% ["):
         assert row in table, table
-    assert "| backbone | spatial | goal | all suites (pooled) |" in table
+    assert "| policy | spatial | goal | all suites (pooled) |" in table
     assert "vla (SFT): held-out action L1" in table and "vla (SFT+GRPO): held-out action L1" in table
     assert "grpo:  held-out prefix change" in table and "demos: " in table and "–" not in table.split("## Stage")[1]
     assert (out / "summary.md").read_text() == table.rstrip("\n") + "\n"

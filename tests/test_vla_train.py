@@ -160,3 +160,47 @@ def test_two_process_torchrun(tiny_ckpt, demos_dir, tmp_path, flags):
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "v2" / "head.safetensors").exists()
     assert (tmp_path / "v2" / "backbone" / "model.safetensors").exists() == bool(flags)
+
+
+# ----------------------------------------------------------------------------- the calibration ladder's heads
+def test_oracle_vector_names_the_task_the_hand_and_every_body_by_slot():
+    from data.mini_libero import get_benchmark
+    world, _ = get_benchmark("goal").get_task(3).scene(0)
+    v = V.oracle_vector(world.get_state(), task=2, n_tasks=5)
+    assert v.shape == (V.oracle_dim(5),) and v.dtype == np.float32
+    assert v[:5].tolist() == [0, 0, 1, 0, 0]                                  # the task one-hot
+    np.testing.assert_allclose(v[5:8], 10 * world.eef_pos, rtol=1e-6)         # the hand, in units of 10 cm
+    bodies = v[10:].reshape(V.ORACLE_BODIES, 10)
+    n = len(world.bodies)
+    np.testing.assert_allclose(bodies[:n, :3], 10 * world.pos, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bodies[:n, 3:6], 10 * (world.pos - world.eef_pos), rtol=1e-5, atol=1e-6)
+    assert not bodies[n:].any() and not bodies[:n, 9].any()                    # empty slots; nothing held yet
+    world.held = 4
+    assert V.oracle_vector(world.get_state(), 2, 5)[10:].reshape(-1, 10)[4, 9] == 1
+
+
+@pytest.mark.parametrize("features", ["oracle", "blind"])
+def test_ladder_heads_train_and_run_through_eval(features, tiny_ckpt, demos_dir, tmp_path):
+    """The ceiling (privileged state, no backbone) and the blind reference (blank image) train like the VLA and
+    evaluate through eval_libero.py's one protocol without rendering a frame."""
+    from eval_libero import Config, run_eval
+    out = tmp_path / features
+    train_tiny(tiny_ckpt, demos_dir, out, "--features", features, "--steps", "5")
+    vcfg = json.load(open(out / "vla_config.json"))
+    assert vcfg["features"] == features and vcfg["layout"] == "libero" and len(vcfg["tasks"]) == 20
+    pol = V.Policy.load(str(out))
+    assert not pol.uses_images and pol.episodic == (features == "oracle") and (pol.model is None) == (features == "oracle")
+    res = run_eval(Config(suite="goal", tasks="0,7", trials_per_task=1, max_steps=10, out=str(tmp_path / "ev")), policy=pol)
+    assert res["suites"]["goal"]["n"] == 2 and res["layout"] == "libero"
+    assert json.load(open(tmp_path / "ev" / "metrics.json"))["env_steps_this_run"] == 2 * (10 + 10)   # settle + policy
+    if features == "blind":                               # the features depend on the prompt alone: encoded once each
+        assert sorted(pol._blind) == sorted(t for t in vcfg["tasks"] if t in {res["suites"]["goal"]["tasks"][0]["instruction"],
+                                                                               res["suites"]["goal"]["tasks"][1]["instruction"]})
+
+
+def test_a_wrong_features_name_is_a_one_line_error(tiny_ckpt, demos_dir, tmp_path):
+    p = subprocess.run([sys.executable, "vla_train.py", "--backbone", tiny_ckpt, "--data", demos_dir, "--out",
+                        str(tmp_path / "x"), "--features", "xray"], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert p.returncode != 0 and p.stderr.strip().splitlines()[-1] == \
+        "vla_train.py: --features 'xray': expected backbone, blind or oracle"
+    assert not (tmp_path / "x").exists()
