@@ -48,6 +48,7 @@ class Config:
     trials: int = arg(10, "closed-loop trials per task (init states 0..trials-1)")
     vla_flags: str = arg("", "extra vla_train.py flags for every head, e.g. '--steps 1500'")
     jobs: int = arg(2, "layouts processed side by side (one thread each)")
+    collect_only: bool = arg(False, "run nothing: summarise the finished evaluations under --out")
     png: str = arg("assets/calibration.png", "the chart")
 
 
@@ -142,8 +143,9 @@ def main(cfg: Config) -> dict:
     if bad:
         raise SystemExit(f"calibration.py: unknown --policies {bad}: expected some of {', '.join(POLICIES)}")
     t0 = time.time()
-    with ThreadPoolExecutor(cfg.jobs) as pool:
-        list(pool.map(lambda l: run_layout(cfg, l), layouts))
+    if not cfg.collect_only:
+        with ThreadPoolExecutor(cfg.jobs) as pool:
+            list(pool.map(lambda l: run_layout(cfg, l), layouts))
     res = collect(cfg)
     md = table(res, policies)
     with open(os.path.join(cfg.out, "calibration.json"), "w") as f:

@@ -6,8 +6,8 @@
 # and each stage's key figure.
 #
 # Sizes. The default is the run that fits in 10 minutes on 2 cores (README: per-stage times): 20 demos per task at
-# LIBERO's layouts, 100 SFT steps and 12 GRPO rounds with 32 held-out prompts per evaluation, a VLA head of 1000
-# steps on every 8th frame, and 3 trials per task (120 episodes) per VLA. SIZE=full runs every stage at its own
+# LIBERO's layouts, 100 SFT steps and 10 GRPO rounds with 32 held-out prompts per evaluation, a VLA head of 800
+# steps on every 10th frame, and 3 trials per task (120 episodes) per VLA. SIZE=full runs every stage at its own
 # defaults (50 demos per task, LIBERO's count; 10 trials per task), which takes about three times as long.
 #
 # After GRPO the work forks: the VLA on the SFT backbone and the VLA on the GRPO backbone (each then evaluated)
@@ -16,8 +16,8 @@
 . "$(dirname "$0")/setup.sh"
 OUT=${OUT:-out}
 case ${SIZE:-default} in        # extra flags per stage (a later flag wins over a file's default)
-  default) demo_flags=(--per-task 20); sft_flags=(--steps 100 --eval-prompts 32); grpo_flags=(--steps 12 --eval-prompts 32)
-           vla_flags=(--steps 1000 --frame-stride 8); trials=3 ;;
+  default) demo_flags=(--per-task 20); sft_flags=(--steps 100 --eval-prompts 32); grpo_flags=(--steps 10 --eval-prompts 32)
+           vla_flags=(--steps 800 --frame-stride 10); trials=3 ;;
   full)    demo_flags=(--per-task 50); sft_flags=(); grpo_flags=(); vla_flags=(); trials=10 ;;
   *) echo "pipeline.sh: SIZE=$SIZE: expected default or full" >&2; exit 2 ;;
 esac
