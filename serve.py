@@ -385,7 +385,8 @@ class WebsocketPolicy:
         cameras = md.get("cameras", [IMAGE, WRIST])
         self.uses_images, self.uses_wrist = bool(cameras), WRIST in cameras
         self.horizon = md.get("horizon")
-        self.layout = md.get("layout", "unknown")    # what the served checkpoint was trained on, for checks upstream
+        layout = md.get("layout", "unknown")       # what the served checkpoint was trained on, for checks upstream
+        self.layout = None if layout == "unknown" else layout
 
     def _open(self):
         try:

@@ -16,7 +16,7 @@ STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_tr
 def test_stage_help(stage):
     p = subprocess.run([sys.executable, stage, "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "--out" in p.stdout or "--steps" in p.stdout
+    assert "--out" in p.stdout or "--steps" in p.stdout or "--policy" in p.stdout
 
 
 def test_world_cli_help_lists_its_commands():

@@ -301,7 +301,7 @@ def test_websocket_policy_batches_a_call_and_recovers_after_an_error(served):
     server = served(policy)
     client = S.WebsocketPolicy(f"ws://127.0.0.1:{server.port}")
     assert (client.image_size, client.horizon, client.uses_wrist, client.uses_images) == (16, 4, True, True)
-    assert client.layout == "unknown"
+    assert client.layout is None                         # the server says "unknown": eval then uses its default
     obs = [observation(i) for i in range(3)]
     stack = lambda k: np.stack([o[k] for o in obs])
     out = client(stack(S.IMAGE), stack(S.WRIST), stack(S.STATE).astype(np.float32), [o["prompt"] for o in obs])
