@@ -341,7 +341,8 @@ class Policy:
     `start`, as to its other privileged references); a blind one never needs a rendered frame."""
 
     def __init__(self, model, proc, head, vcfg: dict, device="cpu"):
-        self.model, self.proc, self.head, self.vcfg, self.device = model, proc, head.eval(), vcfg, device
+        self.model = model.eval() if model is not None else None     # None: an oracle reads no backbone
+        self.proc, self.head, self.vcfg, self.device = proc, head.eval(), vcfg, device
         self.features = vcfg.get("features", "backbone")
         self.image_size = vcfg["image_size"]
         self.uses_images = self.features == "backbone"  # eval_libero.py renders only what a policy reads
