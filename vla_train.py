@@ -306,7 +306,8 @@ def cache_features(model, proc, rows, cfg: Config, layer, device, n_tasks=0, ima
         texts = list(dict.fromkeys(rows["text"]))
         cond, mask = cache_features(model, proc, {"img": [blank_frame(image_size)] * len(texts), "text": texts},
                                     Config(features="backbone"), layer, device, batch=batch, desc=desc)
-        idx = torch.tensor([texts.index(t) for t in rows["text"]])
+        pos = {t: i for i, t in enumerate(texts)}
+        idx = torch.tensor([pos[t] for t in rows["text"]])
         return cond[idx], mask[idx]
     feats, masks = [], []
     for i in tqdm(range(0, len(rows["text"]), batch), desc=desc, leave=False):

@@ -334,14 +334,17 @@ def spatial_tasks(layout: str = DEFAULT_LAYOUT) -> list[Task]:
 OBJECT_TARGETS = list(GROCERIES)
 
 
+def object_groceries(t: int) -> list[str]:
+    """Task t's target, then the five distractors the task fixes for its scene (as each LIBERO-object scene does)."""
+    others = [g for g in OBJECT_TARGETS if g != OBJECT_TARGETS[t]]
+    return [OBJECT_TARGETS[t]] + [others[i] for i in np.random.default_rng(t).permutation(len(others))[:5]]
+
+
 def _object_scene(t: int, rng) -> tuple[World, list]:
     s = SceneBuilder(rng)
     basket_xy = (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(0.18, 0.26)))
     s.add("basket", "basket", "wicker", basket_xy, label="the basket")
-    others = [g for g in OBJECT_TARGETS if g != OBJECT_TARGETS[t]]
-    # the task fixes which five distractors share the scene (as each LIBERO-object scene does)
-    pick = np.random.default_rng(t).permutation(len(others))[:5]
-    for g in [OBJECT_TARGETS[t]] + [others[i] for i in pick]:
+    for g in object_groceries(t):
         kind, color = GROCERIES[g]
         s.add(snake(g), kind, color, s.free_xy(((-0.28, 0.28), (-0.20, 0.10)), 0.085), label=f"the {g}")
     target = snake(OBJECT_TARGETS[t])
@@ -357,10 +360,8 @@ SPREAD_TARGET, SPREAD_OTHER, SPREAD_BASKET = 0.005, 0.01, 0.015
 
 def _object_canonical(t: int, s: SceneBuilder) -> tuple[World, list]:
     s.add("basket", "basket", "wicker", s.jit(BASKET_SPOT, SPREAD_BASKET), label="the basket")
-    others = [g for g in OBJECT_TARGETS if g != OBJECT_TARGETS[t]]
-    pick = np.random.default_rng(t).permutation(len(others))[:5]    # the same five as the wide layout's scene
     spots = np.random.default_rng(100 + t).permutation(len(OBJECT_SPOTS))   # the task's arrangement
-    for n, g in enumerate([OBJECT_TARGETS[t]] + [others[i] for i in pick]):
+    for n, g in enumerate(object_groceries(t)):
         kind, color = GROCERIES[g]
         s.add(snake(g), kind, color, s.jit(OBJECT_SPOTS[spots[n]], SPREAD_TARGET if n == 0 else SPREAD_OTHER),
               label=f"the {g}")
