@@ -11,7 +11,7 @@ Reads  --data: the mini-LIBERO demos (python -m data.mini_libero demos --out out
 Writes OUT/fast_tokenizer.json  the tokenizer as one human-readable JSON (FastTokenizer.load)
        OUT/metrics.json         tokens per chunk, compression, reconstruction error, fit time
 
-    python fast_tokenizer.py                                    # demos, T=10, vocab 1024: seconds on a CPU
+    python fast_tokenizer.py                                    # demos, T=5, vocab 1024: seconds on a CPU
     python fast_tokenizer.py --synthetic 20000 --out out/fast_synth   # no demos needed
     python fast_tokenizer.py --data DIR --vocab-size 2048       # full size / FAST+ vocab: 200k chunks
                                                                 # fit in ~12 s and ~2 GB on one core
@@ -31,10 +31,17 @@ Choices (the reference is processing_action_tokenizer.py in huggingface.co/physi
   min/max, so a decoded gripper is exactly binary.
 - DCT: orthonormal type II as a cached T x T matrix C (coef = C @ x); C.T is the exact inverse.
 - Rounding: np.rint, half to even (np.around in the reference). Per-coefficient error <= 0.5/scale.
-- Scale: the command's default is 2, the paper's/openpi's 10 (`--scale 10`). The first BPE token carries the
-  chunk's mean velocity on every axis; at 10 that is ~60 levels per axis, more than a 4 M backbone reading a
-  112 px image can resolve, so the prefix reward would never fire. At 2: 3.8 tokens per chunk, RMS 0.07
-  (normalised), and the VLA's diffusion head never decodes FAST anyway (README, FAST section).
+- Scale and horizon, chosen by bench/fast_predictability.py (a 1-NN on the privileged world state: how many of
+  the next chunk's tokens any model could get right from what a frame shows), on the libero-layout demos:
+      scale 2, T 10: 3.7 tokens/chunk, RMS 0.067 (normalised), 1-NN prefix ratio 0.37
+      scale 1, T 10: 1.7 tokens/chunk, RMS 0.120,              1-NN prefix ratio 0.50
+      scale 2, T  5: 1.5 tokens/chunk, RMS 0.068,              1-NN prefix ratio 0.57   <- the default
+  Past the first five steps the expert's next moves depend on what no frame shows yet (the height and wrist
+  yaw an operator picks for the next primitive, how long it holds), so a 10-step target puts a coin flip in
+  the tokens; 5 steps is also the part of a chunk that is executed before the policy replans (openpi's
+  replan_steps) and BridgeV2's one-second chunk. The paper's/openpi's scale is 10 (`--scale 10`): ~60 levels
+  of mean velocity per axis in the first token, more than a 4 M backbone reading a 128 px image can resolve.
+  The VLA's diffusion head never decodes FAST, so its own horizon (vla_train.py --horizon, 10) is separate.
 - Flattening: row-major over [T, D] = frequency-major, dims interleaved (the paper's order).
 - Alphabet: the integer range seen in fitting widened by `margin` on each side; id = value - min_token.
   Coefficients outside it are clipped at encode (the reference drops those above and clamps those
@@ -73,7 +80,7 @@ class Config:
     data_format: str = arg("auto", "format of --data: auto | mini | libero_hdf5 | lerobot")
     drop_noops: bool = arg(False, "drop no-op steps from the demos (OpenVLA's filter)")
     out: str = arg("out/fast", "directory for fast_tokenizer.json and metrics.json")
-    horizon: int = arg(10, "chunk length T in steps (the VLA's chunk: 10, as openpi's pi0_fast_libero)")
+    horizon: int = arg(5, "chunk length T in steps (5: what one frame determines; see the docstring)")
     vocab_size: int = arg(1024, "token ids incl. the integer alphabet (paper 1024; FAST+ 2048)")
     scale: float = arg(2.0, "DCT coefficients are multiplied by this before rounding (paper/openpi 10; see the docstring)")
     margin: int = arg(8, "integers added to each end of the fitted coefficient range")

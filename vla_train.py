@@ -63,7 +63,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -105,6 +105,7 @@ class Config:
     d_model: int = arg(256, "head width")
     cond_dropout: float = arg(0.0, "dropout on the head's pooled condition while training (--arch mlp)")
     cond_noise: float = arg(0.0, "Gaussian noise (std) on the head's normalised condition tokens while training")
+    image_dropout: float = arg(0.0, "share of training frames whose features come from a blank image instead (frozen backbone)")
     n_layers: int = arg(3, "head blocks (residual MLP or transformer)")
     prediction: str = arg("sample", "what the DDPM head predicts: sample (x0) | epsilon | v_prediction (diffusion_head.py)")
     ddim_steps: int = arg(10, "DDIM steps at inference (100 training steps, squaredcos_cap_v2 schedule)")
@@ -203,6 +204,15 @@ def left_pad(feats: list, masks: list):
 def blank_frame(size: int) -> np.ndarray:
     """What --features blind shows the backbone instead of the camera: a mid-grey frame, the same for every step."""
     return np.full((size, size, 3), 128, dtype=np.uint8)
+
+
+def drop_images(cond, mask, blind_cond, blind_mask, drop):
+    """--image-dropout: rows where `drop` [B] is True take the blank-image features of their prompt instead.
+    cond [B, L, C] / mask [B, L] and blind_cond [B, L', C] / blind_mask [B, L'] are left-padded, so after padding
+    both to max(L, L') on the left the same prompt token sits at the same position."""
+    c, m = left_pad([cond, blind_cond], [mask, blind_mask])
+    B, d = len(cond), drop[:, None]
+    return torch.where(d[..., None], c[B:], c[:B]), torch.where(d, m[B:], m[:B])
 
 
 # ----------------------------------------------------------------------------- privileged state (--features oracle)
@@ -416,6 +426,9 @@ def main(cfg: Config) -> dict:
     ns = norm_stats(ds.stats)
     if cfg.features not in ("backbone", "blind", "oracle"):
         raise SystemExit(f"vla_train.py: --features {cfg.features!r}: expected backbone, blind or oracle")
+    if cfg.image_dropout and (cfg.features != "backbone" or cfg.finetune_backbone):
+        raise SystemExit("vla_train.py: --image-dropout swaps cached image features for blank-image ones: it needs "
+                         "--features backbone and a frozen backbone")
     if cfg.finetune_backbone and cfg.features != "backbone":
         raise SystemExit("vla_train.py: --finetune-backbone trains the backbone the head reads: use --features backbone")
     if cfg.batch % world:
@@ -454,6 +467,13 @@ def main(cfg: Config) -> dict:
         cond, mask = cache_features(model, proc, sub, cfg, layer, device, n_tasks, image_size, desc="train features")
         vfeat = cache_features(model, proc, val, cfg, layer, device, n_tasks, image_size, desc="val features") \
             if master else None
+    blind = None
+    if cfg.image_dropout:               # each prompt's blank-image features, encoded once: [prompts, L', C] + row index
+        texts = list(dict.fromkeys(sub["text"]))
+        bc, bm = cache_features(model, proc, {"text": texts}, replace(cfg, features="blind"), layer, device,
+                                image_size=image_size, desc="blank-image features")
+        pos = {t: i for i, t in enumerate(texts)}
+        blind = bc, bm, torch.tensor([pos[t] for t in sub["text"]])
     t_feat = time.time() - t0 - t_data
 
     hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
@@ -495,7 +515,11 @@ def main(cfg: Config) -> dict:
             feats = {"inputs": prepare(proc, [sub["img"][i] for i in idx], [sub["wrist"][i] for i in idx]
                                        if cfg.wrist else None, [sub["text"][i] for i in idx], device)}
         else:
-            feats = {"cond": cond[idx].to(device), "cond_mask": mask[idx].to(device)}
+            c, m = cond[idx], mask[idx]
+            if blind is not None:                                    # drawn only then: other runs stay bit-identical
+                j = blind[2][idx]
+                c, m = drop_images(c, m, blind[0][j], blind[1][j], torch.from_numpy(rng.random(len(idx)) < cfg.image_dropout))
+            feats = {"cond": c.to(device), "cond_mask": m.to(device)}
         loss = wrapped(sub["chunk"][idx].to(device), sub["proprio"][idx].to(device), generator=noise, **feats)
         opt.zero_grad(set_to_none=True)
         loss.backward()

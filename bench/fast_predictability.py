@@ -75,7 +75,7 @@ def main(argv=None):
     p.add_argument("--data", default="out/demos", help="mini-LIBERO demos (they carry the privileged state)")
     p.add_argument("--scale", type=float, default=2.0, help="FAST scale (fitted here on the train split)")
     p.add_argument("--vocab-size", type=int, default=1024, help="FAST vocabulary size")
-    p.add_argument("--horizon", type=int, default=10, help="chunk length T")
+    p.add_argument("--horizon", type=int, default=5, help="chunk length T (fast_tokenizer.py's default)")
     p.add_argument("--generate", type=int, default=0, help="make N episodes per task on the fly (no images) instead of reading --data")
     p.add_argument("--controller", default="line", choices=sorted(CONTROLLERS), help="the expert's translation law (with --generate)")
     a = p.parse_args(argv)

@@ -204,3 +204,23 @@ def test_a_wrong_features_name_is_a_one_line_error(tiny_ckpt, demos_dir, tmp_pat
     assert p.returncode != 0 and p.stderr.strip().splitlines()[-1] == \
         "vla_train.py: --features 'xray': expected backbone, blind or oracle"
     assert not (tmp_path / "x").exists()
+
+
+def test_image_dropout_swaps_whole_rows_for_their_blank_image_features():
+    cond, mask = torch.randn(3, 4, 2), torch.ones(3, 4, dtype=torch.bool)
+    mask[0, 0] = False                                                # a shorter prompt, left-padded
+    blind, bmask = torch.randn(3, 5, 2), torch.ones(3, 5, dtype=torch.bool)
+    c, m = V.drop_images(cond, mask, blind, bmask, torch.tensor([True, False, True]))
+    assert c.shape == (3, 5, 2) and m.shape == (3, 5)
+    assert torch.equal(c[0], blind[0]) and torch.equal(m[2], bmask[2])
+    assert torch.equal(c[1, 1:], cond[1]) and m[1].tolist() == [False, True, True, True, True]   # kept, padded left
+
+
+def test_image_dropout_trains_and_needs_a_frozen_backbone(tiny_ckpt, demos_dir, tmp_path):
+    train_tiny(tiny_ckpt, demos_dir, tmp_path / "vla", "--image-dropout", "0.5", "--steps", "3")
+    assert json.load(open(tmp_path / "vla" / "vla_config.json"))["features"] == "backbone"
+    p = subprocess.run([sys.executable, "vla_train.py", "--backbone", tiny_ckpt, "--data", demos_dir, "--out",
+                        str(tmp_path / "x"), "--image-dropout", "0.5", "--features", "blind"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "--image-dropout" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x").exists()
