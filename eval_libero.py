@@ -49,25 +49,22 @@ while expert/random are built in each (eval_workers.py: how episodes are shared 
     python eval_libero.py --policy out/vla --workers 4 --num-envs 4
     MUJOCO_GL=egl python eval_libero.py --env libero --policy ws://gpu-box:8000 --workers 16 --suite spatial
 """
-import argparse
 import json
 import os
 import time
 import traceback
 import zlib
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import config
+from config import arg, write_json, write_jsonl
 from data.mini_libero import OffScreenRenderEnv, flip_image, get_benchmark, proprio_from_obs, write_gif
 from data.scenes import DEFAULT_LAYOUT, MAX_STEPS, SUITES, layout_scale
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -92,13 +89,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
-        else: kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 def fail(msg: str):
@@ -395,10 +386,7 @@ def open_log(path: str, cfg: Config) -> tuple[dict, object]:
                 done[ep_key(r)] = r
     elif os.path.exists(path) and os.path.getsize(path):
         print(f"{path}: starting afresh (--resume would keep its finished episodes)")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in done.values())
-    os.replace(tmp, path)
+    write_jsonl(path, done.values())
     return done, open(path, "a")
 
 
@@ -427,13 +415,6 @@ def print_table(res: dict) -> None:
         lo, hi = v["ci95"]
         print(f"{s:8s} {'all':>4s} {v['success']:8.1%} [{lo:5.1%}, {hi:5.1%}] {v['n']:5d}")
     print(f"average over {len(res['suites'])} suite(s): {res['average']:.1%}")
-
-
-def atomic_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------- the evaluation loop
@@ -570,8 +551,8 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
                    stepping_s=round(stepping_s, 2), env_steps_per_s=round(sps, 1), num_envs=cfg.num_envs,
                    backend=backend.name, layout=layout, trained_layout=trained, layout_mismatch=mismatch,
                    **backend.versions())
-    atomic_json(os.path.join(cfg.out, "results.json"), res)
-    atomic_json(os.path.join(cfg.out, "metrics.json"), metrics)
+    write_json(os.path.join(cfg.out, "results.json"), res, indent=2)
+    write_json(os.path.join(cfg.out, "metrics.json"), metrics, indent=2)
     print_table(res)
     print(f"{n_new} episodes in {wall:.1f}s; {env_steps} env steps in {stepping_s:.1f}s of stepping: {sps:.1f} env "
           f"steps/s (policy calls included, env builds and resets not; --num-envs {cfg.num_envs}); wrote {cfg.out}")

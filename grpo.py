@@ -1,7 +1,7 @@
 """Stage 2 — GRPO: align the SFT model's reasoning with action accuracy (RoboAlign's contribution).
 
 Reads the Stage-1 checkpoint (`--init`, written by sft.py) and the demonstration episodes it reserved for this
-stage (its `stage2.json`); writes `--out DIR`: a checkpoint in sft.py's layout (so `sft.load_backbone`,
+stage (its `stage2.json`); writes `--out DIR`: a checkpoint in sft.py's layout (so `model.load_backbone`,
 vla_train.py and eval_libero.py load it), `metrics.json` (held-out figures before/after, the paired change, the
 image-shuffle control, config) and `metrics.jsonl` (one line per rollout round).
 
@@ -44,13 +44,12 @@ full-parameter RL on a 7B model also needs FSDP/ZeRO sharding, which this DDP-on
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -58,14 +57,13 @@ import torch.distributed as dist
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+import config
+from config import arg, write_jsonl
 from data.demos import open_dataset
-from sft import (QWEN_SPECIALS, Frames, Sample, build_samples, collate, load_backbone, mean_ci,
-                 load_resume, parse_actions, prefix_ratio, save_checkpoint, save_resume, setup_distributed)
+from model import (QWEN_SPECIALS, configure_optimizers, exits_on_bad_files, load_backbone, load_resume, parse_actions,
+                   prefix_ratio, save_checkpoint, save_resume, setup_distributed)
+from sft import Frames, Sample, build_samples, collate, mean_ci, read_stage2
 from sft import evaluate as sft_evaluate
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -107,15 +105,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 def check(cfg: Config, world: int) -> None:
@@ -341,13 +331,8 @@ def round_prompts(n: int, B: int, k: int, seed: int) -> np.ndarray:
     return order[k * B - first * n:][:B]
 
 
-def write_jsonl(path: str, lines: list[dict]) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in lines)
-    os.replace(path + ".tmp", path)
-
-
 # ----------------------------------------------------------------------------- training
+@exits_on_bad_files("grpo.py")
 def main(cfg: Config) -> dict:
     ddp, rank, world_size, device = setup_distributed(cfg.seed)
     master = rank == 0
@@ -355,8 +340,7 @@ def main(cfg: Config) -> dict:
     st_path = os.path.join(cfg.init, "stage2.json")
     if not os.path.isfile(st_path):
         raise SystemExit(f"grpo.py: {cfg.init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
-    with open(st_path) as f:
-        stage2 = json.load(f)
+    stage2 = read_stage2(st_path)
     model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
     tok = proc.tokenizer
     tok.padding_side = "left"                                  # generation appends on the right

@@ -64,7 +64,8 @@ import websockets
 from websockets.asyncio.server import serve as ws_serve
 from websockets.sync.client import connect as ws_connect
 
-from fast_tokenizer import arg, parse_config as flags_from
+import config
+from config import arg
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    return flags_from(argv, Config, __doc__)              # the flag generator fast_tokenizer.py defines
+    return config.parse_config(Config, argv, __doc__)
 
 
 def fail(msg: str):

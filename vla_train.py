@@ -57,13 +57,11 @@ sized for a few minutes on one core; README.)
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -72,14 +70,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+import config
+from config import arg, write_json
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.prompts import reasoning_prompt
 from diffusion_head import DiffusionHead, HeadConfig
-from sft import load_backbone, load_resume, save_checkpoint, save_resume, setup_distributed
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+from model import (configure_optimizers, exits_on_bad_files, load_backbone, load_resume, lr_at, save_checkpoint,
+                   save_resume, setup_distributed, swap_into)
 
 
 @dataclass
@@ -100,7 +97,7 @@ class Config:
     frame_stride: int = arg(4, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
     steps: int = arg(2000, "optimizer steps")
     batch: int = arg(256, "global batch (over ranks)")
-    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
+    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 % of the steps")
     arch: str = arg("mlp", "head denoiser: mlp (pooled condition, residual MLP) | transformer (cross-attention blocks)")
     d_model: int = arg(256, "head width")
     cond_dropout: float = arg(0.0, "dropout on the head's pooled condition while training (--arch mlp)")
@@ -115,15 +112,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -402,12 +391,7 @@ class Policy:
 
 
 # ----------------------------------------------------------------------------- training
-def lr_mult(step: int, steps: int) -> float:
-    """Linear warm-up over 3 % of the steps, then cosine decay to 0."""
-    warm = max(1, int(0.03 * steps))
-    return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-
+@exits_on_bad_files("vla_train.py")
 def main(cfg: Config) -> dict:
     ddp, rank, world, device = setup_distributed(cfg.seed)
     master = rank == 0
@@ -486,7 +470,7 @@ def main(cfg: Config) -> dict:
     history, metrics, t_val, t1 = [], {}, 0.0, time.time()
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * lr_mult(step, cfg.steps)
+            g["lr"] = g["base_lr"] * lr_at(step, cfg.steps, 0.03, floor=0.0)    # 3 % warm-up, cosine to 0
         # batch and diffusion noise drawn from (seed, rank, step) alone: --resume replays the run exactly
         rng = np.random.default_rng([cfg.seed, rank, step])
         idx = rng.integers(0, len(mine), per_rank)
@@ -549,13 +533,9 @@ def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_siz
     save_file(head.state_dict(), os.path.join(tmp, "head.safetensors"))
     if cfg.finetune_backbone:
         save_checkpoint(model, proc, fast, vocab, os.path.join(tmp, "backbone"), {})
-    for name, obj in {"vla_config.json": vcfg, "metrics.json": metrics}.items():
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(obj, f, indent=1)
-    if os.path.isdir(os.path.join(cfg.out, "resume")):
-        shutil.move(os.path.join(cfg.out, "resume"), os.path.join(tmp, "resume"))
-    shutil.rmtree(cfg.out, ignore_errors=True)
-    os.replace(tmp, cfg.out)
+    write_json(os.path.join(tmp, "vla_config.json"), vcfg)
+    write_json(os.path.join(tmp, "metrics.json"), metrics)
+    swap_into(tmp, cfg.out)
 
 
 if __name__ == "__main__":
