@@ -54,11 +54,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GenerationConfig
 
 import config
-from config import arg, write_jsonl
+from config import arg, read_json, write_jsonl
 from data.demos import open_dataset
 from model import (QWEN_SPECIALS, configure_optimizers, exits_on_bad_files, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
@@ -274,8 +275,9 @@ def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, c
 def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(), world_size: int = 1):
     """GRPO on this rank's rows of one rollout batch: π_old and π_ref log-probs of the sampled tokens first (no
     grad, not loss-bearing), then μ passes of rollout/update optimizer steps. `policy` is the DDP wrapper under
-    torchrun: every loss-bearing forward goes through it. Returns [Σ entropy, Σ KL, Σ clipped, Σ loss, Σ tokens,
-    Σ grad norm] over all steps."""
+    torchrun: every loss-bearing forward goes through it. Returns this rank's sums over all steps, by name
+    (policy/entropy and policy/kl over its completion tokens, loss/clipped tokens, loss/loss, loss/tokens,
+    loss/grad_norm), as 0-d float32 tensors."""
     raw = getattr(policy, "module", policy)
     ddp, (N, C), dev = raw is not policy, completion.shape, completion.device
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
@@ -289,7 +291,9 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
                 old_lp[a:a + cfg.micro_batch] = token_logprobs(raw, x, C, cfg.temperature, banned)[0]
             if ref is not None:
                 ref_lp[a:a + cfg.micro_batch] = token_logprobs(ref, x, C, cfg.temperature, banned)[0]
-    per_update, acc = N // updates, torch.zeros(6, device=dev)
+    per_update = N // updates
+    per_token = ("policy/entropy", "policy/kl", "loss/clipped", "loss/loss", "loss/tokens")   # summed per micro-step
+    acc = {k: torch.zeros((), device=dev) for k in (*per_token, "loss/grad_norm")}
     for _ in range(cfg.mu):
         for u in range(updates):
             lo, hi = u * per_update, (u + 1) * per_update
@@ -308,11 +312,34 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
                                           cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps, ref_lp[a:b], cfg.beta, cfg.loss_norm)
                 loss.backward()
                 m, kl = mask[a:b], k3(ref_lp[a:b], logp.detach()) if ref is not None else torch.zeros_like(logp)
-                acc[:5] += torch.stack([ent[m].sum(), kl[m].sum(), clipped.sum().float(), loss.detach(), m.sum().float()])
-            acc[5] += torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
+                for k, v in zip(per_token, (ent[m].sum(), kl[m].sum(), clipped.sum().float(), loss.detach(), m.sum().float())):
+                    acc[k] += v
+            acc["loss/grad_norm"] += torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
             opt.step()
             opt.zero_grad(set_to_none=True)
     return acc
+
+
+def all_reduce_sums(sums: dict, device, ddp: bool) -> dict:
+    """{name: number or 0-d tensor} summed over the ranks, in one all-reduce of a float32 vector."""
+    t = torch.tensor([float(v) for v in sums.values()], device=device)
+    if ddp:
+        dist.all_reduce(t)
+    return dict(zip(sums, t.tolist()))
+
+
+def round_line(s: dict, step: int, n_steps: int, with_kl: bool) -> dict:
+    """One metrics.jsonl line from the round's summed figures: per-completion means of the reward and its parts,
+    per-token means of entropy, KL and the clipped share, per-step means of loss and grad norm (every rank adds
+    each optimizer step's loss and norm, so n_steps counts the steps of all ranks)."""
+    n, tokens = s["rollout/completions"], max(s["loss/tokens"], 1)
+    mean_r = s["rollout/reward"] / n
+    return {"round": step + 1, "reward": mean_r, "reward_std": max(s["rollout/reward_sq"] / n - mean_r ** 2, 0) ** 0.5,
+            "r_f": s["rollout/r_f"] / n, "r_a": s["rollout/r_a"] / n,
+            "zero_spread": s["rollout/zero_spread"] / s["rollout/groups"], "length": s["rollout/tokens"] / n,
+            "finished": s["rollout/finished"] / n, "entropy": s["policy/entropy"] / tokens,
+            "kl": s["policy/kl"] / tokens if with_kl else None, "clip_frac": s["loss/clipped"] / tokens,
+            "loss": s["loss/loss"] / n_steps, "grad_norm": s["loss/grad_norm"] / n_steps}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -331,25 +358,24 @@ def round_prompts(n: int, B: int, k: int, seed: int) -> np.ndarray:
     return order[k * B - first * n:][:B]
 
 
-# ----------------------------------------------------------------------------- training
-@exits_on_bad_files("grpo.py")
-def main(cfg: Config) -> dict:
-    ddp, rank, world_size, device = setup_distributed(cfg.seed)
-    master = rank == 0
-    check(cfg, world_size)
-    st_path = os.path.join(cfg.init, "stage2.json")
+# ----------------------------------------------------------------------------- set-up and final evaluation
+def read_stage2_of(init: str) -> dict:
+    """The --init checkpoint's stage2.json: the demo episodes sft.py reserved for this stage."""
+    st_path = os.path.join(init, "stage2.json")
     if not os.path.isfile(st_path):
-        raise SystemExit(f"grpo.py: {cfg.init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
+        raise SystemExit(f"grpo.py: {init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
     stage2 = read_stage2(st_path)
-    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
-    tok = proc.tokenizer
-    tok.padding_side = "left"                                  # generation appends on the right
+    if not stage2["episodes"]:
+        raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
+    return stage2
+
+
+def load_prompts(cfg: Config, stage2: dict, fast):
+    """(Stage-2 prompts, held-out prompts, their frames): reasoning → FAST prompts of the reserved episodes, and
+    --eval-prompts of the val split chosen as sft.py chooses them (none with --no-eval)."""
     data = cfg.data or stage2.get("data") or stage2.get("demos")     # "demos": checkpoints from before --data
     ds = open_dataset(data, cfg.data_format if cfg.data else stage2.get("data_format", "auto"),
                       stage2.get("drop_noops", False))
-    if not stage2["episodes"]:
-        raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
-    t0 = time.time()
     prompts = build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, cfg.seed)    # reasoning → FAST only
     val, val_eps = [], ds.indices("val")
     if cfg.eval:
@@ -357,57 +383,97 @@ def main(cfg: Config) -> dict:
             raise SystemExit(f"grpo.py: {ds.root} has no val episodes for the held-out evaluation (or pass --no-eval)")
         vk = build_samples(ds, val_eps, fast, {"reason": 1.0}, 1)             # the prompts sft.py evaluates on
         val = [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
-    frames = Frames(ds, sorted(set(stage2["episodes"]) | {s.episode for s in val}))
+    return prompts, val, Frames(ds, sorted(set(stage2["episodes"]) | {s.episode for s in val}))
 
-    for m in model.modules():                    # no dropout: π_θ, π_old and π_ref must be deterministic
+
+def no_dropout(model) -> None:
+    """No dropout anywhere: π_θ, π_old and π_ref must be deterministic functions of the tokens."""
+    for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
         if hasattr(m, "attention_dropout"):
             m.attention_dropout = 0.0
+
+
+def plan(cfg: Config, world_size: int, total: int) -> str:
+    """The banner's account of one round: completions, optimizer steps, rounds, how π_old is obtained."""
+    updates = cfg.rollout_batch // cfg.update_batch
+    on_policy = cfg.mu == 1 and updates == 1
+    return (f"round = {cfg.rollout_batch} prompts × G {cfg.group} = {cfg.rollout_batch * cfg.group} completions "
+            f"({cfg.rollout_batch // world_size} prompts per rank) | {updates} optimizer step(s) of {cfg.update_batch} "
+            f"prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
+            f"π_old {'= detached π_θ (on-policy)' if on_policy else 'recomputed'}")
+
+
+def start_log(cfg: Config, start: int, log_path: str, before_path: str, raw, proc, vocab, fast, val, frames):
+    """(history, before, before_rows) on rank 0: a resumed run keeps its log up to the saved round and the
+    held-out figures it measured before training; a fresh one measures them now and starts an empty log."""
+    os.makedirs(cfg.out, exist_ok=True)
+    history, before, before_rows = [], None, None
+    if start and os.path.isfile(log_path):                 # resume: keep the log up to the saved round
+        with open(log_path) as f:
+            history = [x for x in map(json.loads, filter(str.strip, f)) if x["round"] <= start]
+    if cfg.eval and start and os.path.isfile(before_path):
+        before, before_rows = read_json(before_path)
+    elif cfg.eval and not start:
+        before, before_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+        print("before:", {k: round(v[0], 3) for k, v in before.items()})
+    write_jsonl(log_path, history)
+    return history, before, before_rows
+
+
+def final_evaluation(cfg: Config, metrics: dict, before_rows, raw, proc, vocab, fast, val, frames) -> None:
+    """Held-out figures after training, with shuffled images, and the change paired over the same prompts."""
+    metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+    metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+    if before_rows is not None:
+        metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows if k in before_rows}
+    for k in ("after", "after_image_shuffle", "change"):
+        if k in metrics:
+            print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
+
+
+# ----------------------------------------------------------------------------- training
+@exits_on_bad_files("grpo.py")
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    check(cfg, world_size)
+    stage2 = read_stage2_of(cfg.init)
+    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
+    tok = proc.tokenizer
+    tok.padding_side = "left"                                  # generation appends on the right
+    t0 = time.time()
+    prompts, val, frames = load_prompts(cfg, stage2, fast)
+    no_dropout(model)
     model.to(device)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None   # frozen π_ref = --init
     if cfg.grad_ckpt:
         model.gradient_checkpointing_enable()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = configure_optimizers([{"params": list(model.named_parameters())}], cfg.weight_decay, lr=cfg.lr)
     start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)   # every parameter is used
-    else:
-        wrapped = model
+    # every loss-bearing forward goes through `wrapped` (DDP under torchrun; every parameter is used)
+    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
     raw = model                                                     # unwrapped handle: sampling, no-grad scoring, saving
     G, banned, eos = cfg.group, suppressed_ids(tok, model), tok.convert_tokens_to_ids("<|im_end|>")
     total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)
     updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass over a rollout batch
-    on_policy = cfg.mu == 1 and updates == 1
     gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
                            max_new_tokens=cfg.max_new_tokens, suppress_tokens=banned,
                            eos_token_id=eos, pad_token_id=tok.pad_token_id)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
     if master:
+        dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
         print(f"grpo.py | device {device} × {world_size} | {dtype} | {sum(p.numel() for p in raw.parameters()) / 1e6:.2f} M "
-              f"parameters, all trained | round = {cfg.rollout_batch} prompts × G {G} = {cfg.rollout_batch * G} "
-              f"completions ({cfg.rollout_batch // world_size} prompts per rank) | {updates} optimizer step(s) of "
-              f"{cfg.update_batch} prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
-              f"π_old {'= detached π_θ (on-policy)' if on_policy else 'recomputed'} | reference "
+              f"parameters, all trained | {plan(cfg, world_size, total)} | reference "
               f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
               f"{len(stage2['episodes'])} episodes | {len(val)} held-out | data {time.time() - t0:.1f}s")
 
     metrics, history, before_rows = {"before": None}, [], None
     log_path, before_path = os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "resume", "before.json")
     if master:
-        os.makedirs(cfg.out, exist_ok=True)
-        if start and os.path.isfile(log_path):                 # resume: keep the log up to the saved round
-            with open(log_path) as f:
-                history = [x for x in map(json.loads, filter(str.strip, f)) if x["round"] <= start]
-        if cfg.eval and start and os.path.isfile(before_path):
-            with open(before_path) as f:
-                metrics["before"], before_rows = json.load(f)
-        elif cfg.eval and not start:
-            metrics["before"], before_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
-        write_jsonl(log_path, history)
+        history, metrics["before"], before_rows = start_log(cfg, start, log_path, before_path, raw, proc, vocab, fast,
+                                                            val, frames)
     if ddp:
         dist.barrier()                                        # the other ranks wait for rank 0's evaluation
 
@@ -436,20 +502,15 @@ def main(cfg: Config) -> dict:
         # 3. π_old / π_ref log-probs, then μ passes of clipped policy-gradient steps (through the DDP wrapper)
         acc = optimize(cfg, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
 
-        # 4. metrics, summed over ranks: every figure below is over the whole round
+        # 4. metrics: this rank's sums by name, summed over ranks in one all-reduce: every figure is the round's
         r = R[:, 0]
-        s = torch.tensor([float(x) for x in (r.sum(), (r ** 2).sum(), R[:, 1].sum(), R[:, 2].sum(), N, flat.sum(), len(flat),
-                          mask.sum(), (completion == eos).any(1).sum(), *acc.tolist())], device=device)
-        if ddp:
-            dist.all_reduce(s)
-        s = s.tolist()
-        n, tokens, n_steps = s[4], s[7], cfg.mu * updates * world_size   # every rank adds each step's figures
-        line = {"round": step + 1, "reward": s[0] / n, "reward_std": max(s[1] / n - (s[0] / n) ** 2, 0) ** 0.5,
-                "r_f": s[2] / n, "r_a": s[3] / n, "zero_spread": s[5] / s[6], "length": tokens / n,
-                "finished": s[8] / n, "entropy": s[9] / max(s[13], 1), "kl": s[10] / max(s[13], 1) if ref else None,
-                "clip_frac": s[11] / max(s[13], 1), "loss": s[12] / n_steps, "grad_norm": s[14] / n_steps,
-                "tok_s": tokens / (time.time() - t_round), "s_sample": t_sample, "s_round": time.time() - t_round,
-                "cpu_s_round": time.process_time() - cpu_round}         # CPU seconds: robust on a shared machine
+        s = all_reduce_sums({"rollout/reward": r.sum(), "rollout/reward_sq": (r ** 2).sum(), "rollout/r_f": R[:, 1].sum(),
+                             "rollout/r_a": R[:, 2].sum(), "rollout/completions": N, "rollout/zero_spread": flat.sum(),
+                             "rollout/groups": len(flat), "rollout/tokens": mask.sum(),
+                             "rollout/finished": (completion == eos).any(1).sum(), **acc}, device, ddp)
+        line = round_line(s, step, n_steps=cfg.mu * updates * world_size, with_kl=ref is not None)
+        line.update({"tok_s": s["rollout/tokens"] / (time.time() - t_round), "s_sample": t_sample,
+                     "s_round": time.time() - t_round, "cpu_s_round": time.process_time() - cpu_round})   # CPU s: robust on a shared machine
         if master:
             history.append(line)
             with open(log_path, "a") as f:
@@ -471,14 +532,7 @@ def main(cfg: Config) -> dict:
         metrics.update({"rounds": total, "seconds": round(train_time, 1), "s_per_round": train_time / max(1, total - start),
                         "config": asdict(cfg), "last": history[-1] if history else None})
         if cfg.eval:
-            metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-            metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
-            if before_rows is not None:                  # paired over the same held-out prompts
-                metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows
-                                     if k in before_rows}
-            for k in ("after", "after_image_shuffle", "change"):
-                if k in metrics:
-                    print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
+            final_evaluation(cfg, metrics, before_rows, raw, proc, vocab, fast, val, frames)
         save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
                                                           "stage2.json": stage2})
         write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
