@@ -67,7 +67,7 @@ class Config:
     frame_stride: int = arg(4, "use every k-th frame of each episode")
     suites: str = arg("", "comma-separated suites to probe ('' = all in --data)")
     pos_tol: float = arg(0.03, "position label: per-axis dead band in metres (|Δ| below it = centred)")
-    n_boot: int = arg(1000, "bootstrap resamples over query episodes for the 95 %% interval")
+    n_boot: int = arg(1000, "bootstrap resamples over query episodes for the 95 % interval")
     batch: int = arg(32, "frames per backbone forward")
     seed: int = arg(0, "seed of the shuffled control and the bootstrap")
 

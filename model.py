@@ -380,13 +380,15 @@ def lr_at(step: int, total: int, warmup: float, floor: float = 0.1) -> float:
 
 def configure_optimizers(groups: list[dict], weight_decay: float, **adamw) -> torch.optim.AdamW:
     """AdamW as nanoGPT configures it: each group {"params": [(name, p), ...], "lr": ...} is split in two, weight
-    decay only on the ≥ 2-D weight matrices; none on norms, biases and embeddings (decaying a gain towards 0 or an
-    embedding row that is rarely used pulls them somewhere no gradient asked for). Frozen parameters are left out."""
+    decay only on the ≥ 2-D weight matrices; none on norms and biases (1-D) nor on embedding tables (token embeddings,
+    the tied LM head with them, learned position tables `pos`): decaying a gain towards 0 or a rarely used row pulls
+    it somewhere no gradient asked for. Frozen parameters are left out."""
+    decays = lambda n, p: p.dim() >= 2 and "embed_tokens" not in n and n.rsplit(".", 1)[-1] != "pos"   # not tables
     split = []
     for g in groups:
         named = [(n, p) for n, p in g["params"] if p.requires_grad]
-        decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
-        other = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
+        decay = [p for n, p in named if decays(n, p)]
+        other = [p for n, p in named if not decays(n, p)]
         extra = {k: v for k, v in g.items() if k != "params"}
         split += [{"params": decay, "weight_decay": weight_decay, **extra}, {"params": other, "weight_decay": 0.0, **extra}]
     return torch.optim.AdamW([g for g in split if g["params"]], **adamw)

@@ -446,25 +446,20 @@ def main(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
     head = DiffusionHead(hcfg).to(device)
     vla = VLA(head, model if cfg.finetune_backbone else None, layer)
-    groups = [{"params": list(head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    groups = [{"params": list(head.named_parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
     if cfg.finetune_backbone:
-        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr,
-                       "base_lr": cfg.backbone_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-    params = [p for g in groups for p in g["params"]]
+        groups.append({"params": list(model.named_parameters()), "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr})
+    opt = configure_optimizers(groups, weight_decay=1e-4)
+    params = [p for g in opt.param_groups for p in g["params"]]
     start = load_resume(vla, opt, cfg.out) if cfg.resume else 0      # head (+ backbone) weights, AdamW state, step
     wrapped = nn.parallel.DistributedDataParallel(vla) if ddp else vla
     if master:
-        n_bb = sum(p.numel() for p in groups[1]["params"]) if cfg.finetune_backbone else 0
+        n_bb = sum(p.numel() for p in model.parameters() if p.requires_grad) if cfg.finetune_backbone else 0
         print(f"device {device} × {world} | fp32 | head {sum(p.numel() for p in head.parameters()) / 1e6:.2f} M "
               f"+ backbone {n_bb / 1e6:.2f} M trained parameters | batch {cfg.batch} = {cfg.batch // world} × {world} "
               f"ranks | data {t_data:.0f}s, features {t_feat:.0f}s" + (f" | resumed at step {start}" if start else ""))
     per_rank = cfg.batch // world
     baseline = train["chunk"].mean(0, keepdim=True)                  # the mean-action baseline [1, H, 7]
-
-    def evaluate():                       # the frozen backbone's val features are cached, a fine-tuned one's fresh
-        c, m = vfeat if vfeat is not None else cache_features(model, proc, val, cfg, layer, device, desc="val features")
-        return validate(head, c, m, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
 
     bar = tqdm(range(start, cfg.steps), disable=not master, desc="vla", dynamic_ncols=True)
     history, metrics, t_val, t1 = [], {}, 0.0, time.time()
@@ -490,7 +485,7 @@ def main(cfg: Config) -> dict:
             bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
             if cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
                 tv = time.time()
-                m = evaluate()
+                m = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
                 t_val += time.time() - tv
                 bar.write(f"step {step + 1}: val L1 {m['val_l1']:.4f} (mean-action baseline {m['mean_action_l1']:.4f})")
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -499,7 +494,7 @@ def main(cfg: Config) -> dict:
     t_train = time.time() - t1 - t_val
     if master:
         tv = time.time()
-        metrics = evaluate()
+        metrics = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
         t_val += time.time() - tv
         metrics.update({"train_loss": float(np.mean(history[-50:])) if history else None, "loss_history": history[::10],
                         "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
@@ -517,6 +512,13 @@ def main(cfg: Config) -> dict:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+def evaluate(cfg: Config, head, vfeat, model, proc, val: dict, layer: int, device, baseline) -> dict:
+    """validate() on the val frames: the frozen backbone's val features are cached (vfeat), a fine-tuned
+    backbone's are computed afresh."""
+    c, m = vfeat if vfeat is not None else cache_features(model, proc, val, cfg, layer, device, desc="val features")
+    return validate(head, c, m, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
 
 
 def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics, data: dict) -> None:

@@ -147,6 +147,7 @@ def torchrun2(*args):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_ddp_and_fsdp_match_one_process(demos_dir, fast_dir, tmp_path):
     common = ["--model", "tiny", "--data", demos_dir, "--fast", fast_dir, "--steps", "3", "--global-batch", "8",
               "--eval-prompts", "2", "--max-new-tokens", "4", "--lr", "3e-3"]
