@@ -469,7 +469,7 @@ def test_serve_py_serves_a_checkpoint_to_the_openpi_client(tiny_vla):
     try:
         banner = p.stdout.readline()                    # printed once it listens; the port the OS chose
         port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", banner).group(1))
-        assert "layout unknown" in p.stdout.readline() + p.stdout.readline()
+        assert "layout libero" in p.stdout.readline() + p.stdout.readline()
         client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=port)
         s = client.get_server_metadata()["image_size"]
         actions = client.infer({**observation(0, size=s), "prompt": "open the drawer"})["actions"]
