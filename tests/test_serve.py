@@ -489,7 +489,7 @@ def test_a_tiny_vla_served_to_the_openpi_client_answers_as_in_process(tiny_vla, 
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
     md = client.get_server_metadata()
     s = policy.image_size
-    assert (md["image_size"], md["horizon"], md["layout"]) == (s, policy.horizon, "unknown")
+    assert (md["image_size"], md["horizon"], md["layout"]) == (s, policy.horizon, "libero")
     assert md["cameras"] == ([S.IMAGE, S.WRIST] if policy.uses_wrist else [S.IMAGE])
     obs = {**observation(3, size=s), "prompt": "put the bowl on the plate"}
     torch.manual_seed(0)                      # the head samples noise from the global generator
