@@ -16,13 +16,36 @@ a `%` in it is escaped here, so a stage writes "30 %" and argparse prints "30 %"
 The writers are atomic: they write a temporary file next to the target and rename it into place, so a reader
 (or a crash) never sees half a file. The temporary name carries the process id, so ranks that write the same
 file at once do not trip over each other's temporary file.
+
+Bad files. A checkpoint (model.CheckpointError) or dataset (data.episodes.DatasetError) that is missing, cut
+short or not what was expected raises a `BadFileError` whose one-line message names the file; each stage's
+main() is wrapped in `exits_on_bad_files("stage.py")`, which turns it into `SystemExit("stage.py: message")`:
+the stage named is the one running, exit status 1, and no traceback.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from dataclasses import field, fields
+
+
+class BadFileError(Exception):
+    """A file handed to a stage is missing, cut short or not what was expected; the message names it."""
+
+
+def exits_on_bad_files(stage: str):
+    """Decorator for a stage's main(): BadFileError -> SystemExit(f"{stage}: {message}") (one line, exit 1)."""
+    def wrap(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            try:
+                return main(*args, **kwargs)
+            except BadFileError as e:
+                raise SystemExit(f"{stage}: {e}") from None
+        return run
+    return wrap
 
 
 def arg(default, help: str):

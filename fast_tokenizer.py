@@ -61,7 +61,7 @@ from functools import lru_cache
 import numpy as np
 
 import config
-from config import arg, write_json, write_text
+from config import arg, exits_on_bad_files, write_json, write_text
 
 
 @dataclass
@@ -420,13 +420,14 @@ def load_chunks(cfg: Config):
         from data.demos import open_dataset
     except ImportError as e:
         raise SystemExit(f"fast_tokenizer.py: cannot import data.demos ({e}); run from the repo root or use --synthetic N")
-    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)   # exits with a one-line message if the data is bad
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)   # bad data: DatasetError, reported in one line
     try:
         return ds.action_chunks(horizon=cfg.horizon, split="train"), ds.action_chunks(horizon=cfg.horizon, split="val")
     except ValueError as e:                   # e.g. a split without episodes
         raise SystemExit(f"fast_tokenizer.py: {cfg.data}: cannot make train and val chunks ({e})")
 
 
+@exits_on_bad_files("fast_tokenizer.py")
 def main(cfg: Config):
     train, val = load_chunks(cfg)
     for name, x in (("train", train), ("val", val)):

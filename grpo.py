@@ -59,9 +59,9 @@ from tqdm import tqdm
 from transformers import GenerationConfig
 
 import config
-from config import arg, read_json, write_jsonl
+from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
-from model import (QWEN_SPECIALS, configure_optimizers, exits_on_bad_files, load_backbone, load_resume, parse_actions,
+from model import (QWEN_SPECIALS, configure_optimizers, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
 from sft import Frames, Sample, build_samples, collate, mean_ci, read_stage2
 from sft import evaluate as sft_evaluate

@@ -47,8 +47,8 @@ from tqdm import tqdm
 
 from data.demos import DemoDataset
 import config
-from config import arg, write_json, write_text
-from model import exits_on_bad_files, load_backbone
+from config import arg, exits_on_bad_files, write_json, write_text
+from model import load_backbone
 from sft import task_worlds
 from vla_train import default_layer, encode, vla_prompt
 

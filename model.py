@@ -18,12 +18,12 @@ the repository. Plain `transformers` loads it as a Qwen2.5-VL but drops the adap
 `load_backbone` below restores it. Real Qwen checkpoints need no adapter.
 
 Bad files. A checkpoint file that is missing, cut short or foreign raises `CheckpointError` with a one-line
-message naming the file and what was expected; each stage's main() is wrapped in `exits_on_bad_files(stage)`,
-which turns it into `SystemExit("stage.py: message")`: the stage named is the one running, and no traceback.
+message naming the file and what was expected; each stage's main() is wrapped in config's
+`exits_on_bad_files(stage)`, which turns it into `SystemExit("stage.py: message")`: the stage named is the one
+running, and no traceback (datasets do the same with data.episodes.DatasetError).
 """
 from __future__ import annotations
 
-import functools
 import math
 import os
 import re
@@ -40,25 +40,12 @@ from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLF
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from config import read_json, write_json
+from config import BadFileError, read_json, write_json
 from fast_tokenizer import FastTokenizer
 
 
-class CheckpointError(Exception):
-    """A file handed to a stage is missing, cut short or not what was expected; the message names it."""
-
-
-def exits_on_bad_files(stage: str):
-    """Decorator for a stage's main(): CheckpointError → SystemExit(f"{stage}: {message}") (one line, exit 1)."""
-    def wrap(main):
-        @functools.wraps(main)
-        def run(*args, **kwargs):
-            try:
-                return main(*args, **kwargs)
-            except CheckpointError as e:
-                raise SystemExit(f"{stage}: {e}") from None
-        return run
-    return wrap
+class CheckpointError(BadFileError):
+    """A checkpoint file handed to a stage is missing, cut short or not what was expected; the message names it."""
 
 
 VOCAB_KEYS = ("n_actions", "act_offset", "action_start", "action_end")      # action_vocab.json

@@ -65,7 +65,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.sync.client import connect as ws_connect
 
 import config
-from config import arg
+from config import arg, exits_on_bad_files
 
 
 @dataclass
@@ -439,6 +439,7 @@ def load_checkpoint(path: str, device: str = "auto", seed: int = 7):
     return Policy.load(path, device)
 
 
+@exits_on_bad_files("serve.py")
 def main(cfg: Config) -> None:
     policy = load_checkpoint(cfg.policy, cfg.device, cfg.seed)
     server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, cfg.max_wait_ms, int(cfg.max_message_mb * 2**20))

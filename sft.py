@@ -50,13 +50,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import config
-from config import arg, read_json
+from config import arg, exits_on_bad_files, read_json
 from data import prompts
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.world import Body, World
 from fast_tokenizer import FastTokenizer
 from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny, configure_optimizers,
-                   exits_on_bad_files, full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
+                   full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
                    parse_actions, prefix_ratio, reset_action_rows, save_checkpoint, save_resume, setup_distributed,
                    shard)
 

@@ -71,11 +71,11 @@ from torch import nn
 from tqdm import tqdm
 
 import config
-from config import arg, write_json
+from config import arg, exits_on_bad_files, write_json
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.prompts import reasoning_prompt
 from diffusion_head import DiffusionHead, HeadConfig
-from model import (configure_optimizers, exits_on_bad_files, load_backbone, load_resume, lr_at, save_checkpoint,
+from model import (configure_optimizers, load_backbone, load_resume, lr_at, save_checkpoint,
                    save_resume, setup_distributed, swap_into)
 
 

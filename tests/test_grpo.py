@@ -18,7 +18,8 @@ import torch
 import grpo
 import model as M
 import sft
-from data.demos import DemoDataset, write_demos
+from data.demos import DemoDataset
+from data.mini_libero import write_demos
 from fast_tokenizer import FastTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

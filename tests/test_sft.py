@@ -198,7 +198,7 @@ SHIPPED = os.path.join(ROOT, "assets", "tiny-vl")
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """The shipped backbone and demos from scene samples no demo set uses (2000+): layouts it never saw."""
-    from data.demos import write_demos
+    from data.mini_libero import write_demos
     d = str(tmp_path_factory.mktemp("shipped") / "d")
     write_demos(d, ["spatial", "object", "goal", "long"], per_task=1, size=128, workers=1, first_init=2000)
     ds = DemoDataset(d)
