@@ -125,6 +125,20 @@ def check(cfg: Config, world: int) -> None:
             raise SystemExit(f"grpo.py: {msg}")
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes the flags imply, derived once right after parsing and checking (cleanrl's derived fields)."""
+    updates: int              # optimizer steps per pass over a rollout batch: rollout_batch / update_batch
+    on_policy: bool           # μ = 1 and one update per round: π_old = detached π_θ, no extra forward pass
+    per_rank: int             # prompts per rank per round
+    steps_per_round: int      # optimizer steps per round over all ranks (μ · updates · world): the metrics' divisor
+
+    @classmethod
+    def of(cls, cfg: Config, world: int) -> "Sizes":
+        updates = cfg.rollout_batch // cfg.update_batch
+        return cls(updates, cfg.mu == 1 and updates == 1, cfg.rollout_batch // world, cfg.mu * updates * world)
+
+
 # ----------------------------------------------------------------------------- reward
 FORMAT_RE = re.compile(r"<think>(?:(?!</?think>|</?answer>).)+</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>", re.S)
 
@@ -272,7 +286,8 @@ def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, c
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(), world_size: int = 1):
+def optimize(cfg: Config, sizes: Sizes, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(),
+             world_size: int = 1):
     """GRPO on this rank's rows of one rollout batch: π_old and π_ref log-probs of the sampled tokens first (no
     grad, not loss-bearing), then μ passes of rollout/update optimizer steps. `policy` is the DDP wrapper under
     torchrun: every loss-bearing forward goes through it. Returns this rank's sums over all steps, by name
@@ -281,8 +296,7 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
     raw = getattr(policy, "module", policy)
     ddp, (N, C), dev = raw is not policy, completion.shape, completion.device
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
-    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass
-    on_policy = cfg.mu == 1 and updates == 1                        # π_old = detached π_θ: no extra forward
+    updates, on_policy = sizes.updates, sizes.on_policy             # on-policy: π_old = detached π_θ, no extra forward
     old_lp, ref_lp = torch.zeros(N, C, device=dev), torch.zeros(N, C, device=dev)
     with torch.no_grad(), torch.autocast(**amp):
         for a in range(0, N, cfg.micro_batch) if not on_policy or ref is not None else []:
@@ -318,6 +332,15 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
             opt.step()
             opt.zero_grad(set_to_none=True)
     return acc
+
+
+def rollout_sums(R, flat, completion, mask, eos: int) -> dict:
+    """This rank's rollout figures as sums by name: rewards (R [N, 3]: r, r_f, r_a) and r², completions,
+    zero-spread groups (flat [groups]), completion tokens, completions that closed with EOS."""
+    r = R[:, 0]
+    return {"rollout/reward": r.sum(), "rollout/reward_sq": (r ** 2).sum(), "rollout/r_f": R[:, 1].sum(),
+            "rollout/r_a": R[:, 2].sum(), "rollout/completions": len(completion), "rollout/zero_spread": flat.sum(),
+            "rollout/groups": len(flat), "rollout/tokens": mask.sum(), "rollout/finished": (completion == eos).any(1).sum()}
 
 
 def all_reduce_sums(sums: dict, device, ddp: bool) -> dict:
@@ -395,14 +418,15 @@ def no_dropout(model) -> None:
             m.attention_dropout = 0.0
 
 
-def plan(cfg: Config, world_size: int, total: int) -> str:
-    """The banner's account of one round: completions, optimizer steps, rounds, how π_old is obtained."""
-    updates = cfg.rollout_batch // cfg.update_batch
-    on_policy = cfg.mu == 1 and updates == 1
+def plan(cfg: Config, sizes: Sizes, total: int, ref, prompts: list, stage2: dict, val: list) -> str:
+    """The banner's account of the run: one round's completions and optimizer steps, the rounds, how π_old and
+    π_ref are obtained, the prompts."""
     return (f"round = {cfg.rollout_batch} prompts × G {cfg.group} = {cfg.rollout_batch * cfg.group} completions "
-            f"({cfg.rollout_batch // world_size} prompts per rank) | {updates} optimizer step(s) of {cfg.update_batch} "
+            f"({sizes.per_rank} prompts per rank) | {sizes.updates} optimizer step(s) of {cfg.update_batch} "
             f"prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
-            f"π_old {'= detached π_θ (on-policy)' if on_policy else 'recomputed'}")
+            f"π_old {'= detached π_θ (on-policy)' if sizes.on_policy else 'recomputed'} | reference "
+            f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
+            f"{len(stage2['episodes'])} episodes | {len(val)} held-out")
 
 
 def start_log(cfg: Config, start: int, log_path: str, before_path: str, raw, proc, vocab, fast, val, frames):
@@ -434,17 +458,23 @@ def final_evaluation(cfg: Config, metrics: dict, before_rows, raw, proc, vocab, 
 
 
 # ----------------------------------------------------------------------------- training
-@exits_on_bad_files("grpo.py")
-def main(cfg: Config) -> dict:
-    ddp, rank, world_size, device = setup_distributed(cfg.seed)
-    master = rank == 0
-    check(cfg, world_size)
-    stage2 = read_stage2_of(cfg.init)
-    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
-    tok = proc.tokenizer
-    tok.padding_side = "left"                                  # generation appends on the right
-    t0 = time.time()
-    prompts, val, frames = load_prompts(cfg, stage2, fast)
+def log_round(cfg: Config, step: int, line: dict, log_path: str, bar, R, completion, mask, mine, tok) -> None:
+    """Rank 0, every round: one line of metrics.jsonl, the progress bar, and every --sample-every rounds one
+    completion with its rewards (R [N, 3]: r, r_f, r_a)."""
+    with open(log_path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    bar.set_postfix(r=f"{line['reward']:.3f}", r_a=f"{line['r_a']:.3f}", r_f=f"{line['r_f']:.2f}",
+                    flat=f"{line['zero_spread']:.2f}", len=f"{line['length']:.0f}", tok_s=f"{line['tok_s']:.0f}")
+    if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+        c = completion[0, :int(mask[0].sum())].tolist()
+        bar.write(f"round {step + 1} sample (r {R[0, 0]:.2f}, r_f {R[0, 1]:.0f}, r_a {R[0, 2]:.2f}; target "
+                  f"{len(mine[0].actions)} action tokens): {mine[0].prompt!r}\n  → {tok.decode(c)}")
+
+
+def build_policy(cfg: Config, model, device, ddp: bool):
+    """(wrapped, ref, opt, start): π_θ on the device without dropout, the frozen reference π_ref = --init (only when
+    β > 0), AdamW, and the round to start from (--resume). Every loss-bearing forward goes through `wrapped` (DDP
+    under torchrun; every parameter is used)."""
     no_dropout(model)
     model.to(device)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None   # frozen π_ref = --init
@@ -452,12 +482,34 @@ def main(cfg: Config) -> dict:
         model.gradient_checkpointing_enable()
     opt = configure_optimizers([{"params": list(model.named_parameters())}], cfg.weight_decay, lr=cfg.lr)
     start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    # every loss-bearing forward goes through `wrapped` (DDP under torchrun; every parameter is used)
     wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    return wrapped, ref, opt, start
+
+
+def save_run(cfg: Config, metrics: dict, history: list, log_path: str, stage2: dict, raw, proc, fast, vocab) -> None:
+    """The GRPO checkpoint (sft.py's layout plus metrics.json, grpo_config.json, the Stage-2 split it trained on)
+    and the round log."""
+    save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
+                                                      "stage2.json": stage2})
+    write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
+
+
+@exits_on_bad_files("grpo.py")
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    check(cfg, world_size)
+    sizes = Sizes.of(cfg, world_size)
+    stage2 = read_stage2_of(cfg.init)
+    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
+    tok = proc.tokenizer
+    tok.padding_side = "left"                                  # generation appends on the right
+    t0 = time.time()
+    prompts, val, frames = load_prompts(cfg, stage2, fast)
+    wrapped, ref, opt, start = build_policy(cfg, model, device, ddp)
     raw = model                                                     # unwrapped handle: sampling, no-grad scoring, saving
     G, banned, eos = cfg.group, suppressed_ids(tok, model), tok.convert_tokens_to_ids("<|im_end|>")
-    total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)
-    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass over a rollout batch
+    total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)     # rounds: one pass over the prompts by default
     gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
                            max_new_tokens=cfg.max_new_tokens, suppress_tokens=banned,
                            eos_token_id=eos, pad_token_id=tok.pad_token_id)
@@ -465,9 +517,7 @@ def main(cfg: Config) -> dict:
     if master:
         dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
         print(f"grpo.py | device {device} × {world_size} | {dtype} | {sum(p.numel() for p in raw.parameters()) / 1e6:.2f} M "
-              f"parameters, all trained | {plan(cfg, world_size, total)} | reference "
-              f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
-              f"{len(stage2['episodes'])} episodes | {len(val)} held-out | data {time.time() - t0:.1f}s")
+              f"parameters, all trained | {plan(cfg, sizes, total, ref, prompts, stage2, val)} | data {time.time() - t0:.1f}s")
 
     metrics, history, before_rows = {"before": None}, [], None
     log_path, before_path = os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "resume", "before.json")
@@ -492,7 +542,6 @@ def main(cfg: Config) -> dict:
         raw.train()
         t_sample = time.time() - t_round
         mask = completion_mask(completion, eos)                               # [N, C]
-        N, C = completion.shape
 
         # 2. rewards and group-normalised advantages, computed where the group lives
         R = score_completions(completion.cpu(), mask.cpu(), mine, tok, vocab, fast, cfg)      # [N, 3]
@@ -500,27 +549,16 @@ def main(cfg: Config) -> dict:
         adv = adv.reshape(-1).to(device)                                       # [N]
 
         # 3. π_old / π_ref log-probs, then μ passes of clipped policy-gradient steps (through the DDP wrapper)
-        acc = optimize(cfg, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
+        acc = optimize(cfg, sizes, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
 
         # 4. metrics: this rank's sums by name, summed over ranks in one all-reduce: every figure is the round's
-        r = R[:, 0]
-        s = all_reduce_sums({"rollout/reward": r.sum(), "rollout/reward_sq": (r ** 2).sum(), "rollout/r_f": R[:, 1].sum(),
-                             "rollout/r_a": R[:, 2].sum(), "rollout/completions": N, "rollout/zero_spread": flat.sum(),
-                             "rollout/groups": len(flat), "rollout/tokens": mask.sum(),
-                             "rollout/finished": (completion == eos).any(1).sum(), **acc}, device, ddp)
-        line = round_line(s, step, n_steps=cfg.mu * updates * world_size, with_kl=ref is not None)
+        s = all_reduce_sums({**rollout_sums(R, flat, completion, mask, eos), **acc}, device, ddp)
+        line = round_line(s, step, n_steps=sizes.steps_per_round, with_kl=ref is not None)
         line.update({"tok_s": s["rollout/tokens"] / (time.time() - t_round), "s_sample": t_sample,
                      "s_round": time.time() - t_round, "cpu_s_round": time.process_time() - cpu_round})   # CPU s: robust on a shared machine
         if master:
             history.append(line)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            bar.set_postfix(r=f"{line['reward']:.3f}", r_a=f"{line['r_a']:.3f}", r_f=f"{line['r_f']:.2f}",
-                            flat=f"{line['zero_spread']:.2f}", len=f"{line['length']:.0f}", tok_s=f"{line['tok_s']:.0f}")
-            if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
-                c = completion[0, :int(mask[0].sum())].tolist()
-                bar.write(f"round {step + 1} sample (r {R[0, 0]:.2f}, r_f {R[0, 1]:.0f}, r_a {R[0, 2]:.2f}; target "
-                          f"{len(mine[0].actions)} action tokens): {mine[0].prompt!r}\n  → {tok.decode(c)}")
+            log_round(cfg, step, line, log_path, bar, R, completion, mask, mine, tok)
         if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_resume(raw, opt, step + 1, cfg.out)
             if before_rows is not None:
@@ -533,9 +571,7 @@ def main(cfg: Config) -> dict:
                         "config": asdict(cfg), "last": history[-1] if history else None})
         if cfg.eval:
             final_evaluation(cfg, metrics, before_rows, raw, proc, vocab, fast, val, frames)
-        save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
-                                                          "stage2.json": stage2})
-        write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
+        save_run(cfg, metrics, history, log_path, stage2, raw, proc, fast, vocab)
         print(f"wrote {cfg.out} ({train_time:.0f}s of GRPO, {train_time / max(1, total - start):.2f} s/round)")
     if ddp:
         dist.barrier()

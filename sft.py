@@ -473,6 +473,25 @@ def make_optimizer(cfg: Config, model):
                                 cfg.weight_decay, lr=cfg.lr, betas=(0.9, 0.98))
 
 
+def build_trainer(cfg: Config, model, device, ddp: bool, fsdp: bool):
+    """(wrapped, opt, start): FSDP2 shards the module in place, DDP wraps it, every loss-bearing forward goes
+    through `wrapped`; AdamW; the step to start from (--resume)."""
+    if fsdp:                                                        # before the optimizer: it must see the shards
+        shard(model)
+    opt = make_optimizer(cfg, model)
+    start = load_resume(model, opt, cfg.out) if cfg.resume else 0
+    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp and not fsdp else model
+    return wrapped, opt, start
+
+
+def evaluate_before(cfg: Config, model, proc, vocab, fast, val, frames, master: bool) -> dict:
+    """The held-out figures of the model as loaded (a fresh tiny model skips this: nothing to measure)."""
+    before = evaluate(model, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+    if master:
+        print("before:", {k: round(v[0], 3) for k, v in before.items()})
+    return before
+
+
 def progress_eval(model, proc, vocab, fast, val, frames, max_new_tokens: int) -> str:
     """A mid-run look at half the held-out prompts, with true and with shuffled images: 'kind/metric a/b ...'."""
     m = evaluate(model, proc, vocab, fast, val, frames, max_new_tokens)
@@ -518,22 +537,14 @@ def main(cfg: Config) -> dict:
 
     micro_steps = accumulation_steps(cfg, world_size)
     total = cfg.steps or max(1, int(cfg.epochs * len(train) / cfg.global_batch))
-    if fsdp:                                                        # before the optimizer: it must see the shards
-        shard(model)
-    opt = make_optimizer(cfg, model)
-    start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    # FSDP2 shards the module in place; DDP wraps it. Every loss-bearing forward goes through `wrapped`
-    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp and not fsdp else model
+    wrapped, opt, start = build_trainer(cfg, model, device, ddp, fsdp)
     raw = model                                                     # unwrapped handle: saving and generation
     if master:
         print(banner(cfg, device, world_size, "FSDP2" if fsdp else "DDP" if ddp else "one process", raw, micro_steps,
                      train, mix, val, stage2_eps, time.time() - t0))
 
-    metrics = {"before": None}
-    if runs_model and start == 0 and cfg.model != "tiny":
-        metrics["before"] = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-        if master:
-            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
+    metrics = {"before": evaluate_before(cfg, raw, proc, vocab, fast, val, frames, master)
+               if runs_model and start == 0 and cfg.model != "tiny" else None}
     history = []
     bar = tqdm(range(start, total), disable=not master, desc="sft", dynamic_ncols=True)
     tok_count, t_last = 0, time.time()

@@ -391,6 +391,48 @@ class Policy:
 
 
 # ----------------------------------------------------------------------------- training
+def check_flags(cfg: Config, world: int) -> None:
+    if cfg.features not in ("backbone", "blind", "oracle"):
+        raise SystemExit(f"vla_train.py: --features {cfg.features!r}: expected backbone, blind or oracle")
+    if cfg.finetune_backbone and cfg.features != "backbone":
+        raise SystemExit("vla_train.py: --finetune-backbone trains the backbone the head reads: use --features backbone")
+    if cfg.batch % world:
+        raise SystemExit(f"vla_train.py: --batch {cfg.batch} must be a multiple of the {world} ranks")
+
+
+def load_encoder(cfg: Config, n_tasks: int, device):
+    """(model, proc, fast, vocab, layer, cond_dim): the backbone the head reads layer `layer` of, frozen unless
+    --finetune-backbone (then trained below that layer); with --features oracle no backbone at all (None, ..., -1)
+    and the head reads privileged state."""
+    if cfg.features == "oracle":
+        return None, None, None, None, -1, oracle_dim(n_tasks)
+    model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
+    model.to(device).eval()          # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
+    proc.tokenizer.padding_side = "left"
+    layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
+    if not 0 <= layer <= model.config.text_config.num_hidden_layers:
+        raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
+    model.requires_grad_(False)                                  # frozen: the paper's setting
+    if cfg.finetune_backbone:
+        unfreeze_below(model, layer)
+    return model, proc, fast, vocab, layer, model.config.text_config.hidden_size
+
+
+def build_head(cfg: Config, cond_dim: int, model, layer: int, device):
+    """(head, its HeadConfig, the VLA module every loss goes through, AdamW): the head's group at --lr, the
+    fine-tuned backbone's (if any) at --backbone-lr."""
+    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
+                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch,
+                      cond_dropout=cfg.cond_dropout, cond_noise=cfg.cond_noise)
+    torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
+    head = DiffusionHead(hcfg).to(device)
+    vla = VLA(head, model if cfg.finetune_backbone else None, layer)
+    groups = [{"params": list(head.named_parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    if cfg.finetune_backbone:
+        groups.append({"params": list(model.named_parameters()), "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr})
+    return head, hcfg, vla, configure_optimizers(groups, weight_decay=1e-4)
+
+
 @exits_on_bad_files("vla_train.py")
 def main(cfg: Config) -> dict:
     ddp, rank, world, device = setup_distributed(cfg.seed)
@@ -398,29 +440,9 @@ def main(cfg: Config) -> dict:
     t0 = time.time()
     ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
     ns = norm_stats(ds.stats)
-    if cfg.features not in ("backbone", "blind", "oracle"):
-        raise SystemExit(f"vla_train.py: --features {cfg.features!r}: expected backbone, blind or oracle")
-    if cfg.finetune_backbone and cfg.features != "backbone":
-        raise SystemExit("vla_train.py: --finetune-backbone trains the backbone the head reads: use --features backbone")
-    if cfg.batch % world:
-        raise SystemExit(f"vla_train.py: --batch {cfg.batch} must be a multiple of the {world} ranks")
+    check_flags(cfg, world)
     n_tasks, image_size = len(task_list(ds)), int(ds.meta["image_size"])
-    model = proc = fast = vocab = None
-    layer = -1
-    if cfg.features == "oracle":                                     # no backbone at all: privileged state
-        cond_dim = oracle_dim(n_tasks)
-    else:
-        model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
-        model.to(device).eval()          # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
-        proc.tokenizer.padding_side = "left"
-        layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
-        if not 0 <= layer <= model.config.text_config.num_hidden_layers:
-            raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
-        model.requires_grad_(False)                                  # frozen: the paper's setting
-        if cfg.finetune_backbone:
-            unfreeze_below(model, layer)
-        cond_dim = model.config.text_config.hidden_size
-
+    model, proc, fast, vocab, layer, cond_dim = load_encoder(cfg, n_tasks, device)
     train, val = build_data(ds, "train", cfg, ns), build_data(ds, "val", cfg, ns)
     if master:
         what = "privileged state (oracle)" if cfg.features == "oracle" else \
@@ -440,16 +462,7 @@ def main(cfg: Config) -> dict:
             if master else None
     t_feat = time.time() - t0 - t_data
 
-    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
-                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch,
-                      cond_dropout=cfg.cond_dropout, cond_noise=cfg.cond_noise)
-    torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
-    head = DiffusionHead(hcfg).to(device)
-    vla = VLA(head, model if cfg.finetune_backbone else None, layer)
-    groups = [{"params": list(head.named_parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
-    if cfg.finetune_backbone:
-        groups.append({"params": list(model.named_parameters()), "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr})
-    opt = configure_optimizers(groups, weight_decay=1e-4)
+    head, hcfg, vla, opt = build_head(cfg, cond_dim, model, layer, device)
     params = [p for g in opt.param_groups for p in g["params"]]
     start = load_resume(vla, opt, cfg.out) if cfg.resume else 0      # head (+ backbone) weights, AdamW state, step
     wrapped = nn.parallel.DistributedDataParallel(vla) if ddp else vla
@@ -493,24 +506,35 @@ def main(cfg: Config) -> dict:
                 save_resume(vla, opt, step + 1, cfg.out)
     t_train = time.time() - t1 - t_val
     if master:
-        tv = time.time()
-        metrics = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
-        t_val += time.time() - tv
-        metrics.update({"train_loss": float(np.mean(history[-50:])) if history else None, "loss_history": history[::10],
-                        "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-                        "phase_seconds": {"load_data": round(t_data, 1), "features": round(t_feat, 1),
-                                          "train": round(t_train, 1), "validate": round(t_val, 1)},
-                        "layer": layer, "train_frames": len(train["text"]), "val_frames": len(val["text"]),
-                        "config": asdict(cfg)})
-        print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
-              f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s "
-              f"(data {t_data:.0f}, features {t_feat:.0f}, train {t_train:.0f}, validation {t_val:.0f})")
-        save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics,
-                 {"layout": ds.meta.get("layout"), "tasks": task_list(ds)})
-        print(f"wrote {cfg.out}")
+        metrics = final_evaluation(cfg, ds, ns, head, hcfg, (model, proc, fast, vocab, layer), vfeat, train, val, baseline,
+                                   history, dict(load_data=t_data, features=t_feat, train=t_train, validate=t_val), t0,
+                                   device)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
+    return metrics
+
+
+def final_evaluation(cfg: Config, ds, ns, head, hcfg, backbone: tuple, vfeat, train, val, baseline, history,
+                     times: dict, t0: float, device) -> dict:
+    """Rank 0 after training: validate on the val frames, print the figures, write --out. Returns the metrics.
+    `backbone`: (model, proc, fast, vocab, layer); `times`: seconds per phase so far."""
+    model, proc, fast, vocab, layer = backbone
+    tv = time.time()
+    metrics = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
+    times["validate"] += time.time() - tv
+    metrics.update({"train_loss": float(np.mean(history[-50:])) if history else None, "loss_history": history[::10],
+                    "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
+                    "phase_seconds": {k: round(v, 1) for k, v in times.items()},
+                    "layer": layer, "train_frames": len(train["text"]), "val_frames": len(val["text"]),
+                    "config": asdict(cfg)})
+    print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
+          f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s "
+          f"(data {times['load_data']:.0f}, features {times['features']:.0f}, train {times['train']:.0f}, "
+          f"validation {times['validate']:.0f})")
+    save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, int(ds.meta["image_size"]), ns, metrics,
+             {"layout": ds.meta.get("layout"), "tasks": task_list(ds)})
+    print(f"wrote {cfg.out}")
     return metrics
 
 

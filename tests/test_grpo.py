@@ -355,7 +355,7 @@ def test_the_loop_raises_the_probability_of_rewarded_tokens(tiny):
         mask = grpo.completion_mask(comp, tok.eos_token_id)
         r = ((comp >= lo) & (comp < hi) & mask).float().sum(1) / mask.sum(1)
         adv, _ = grpo.group_advantages(r.view(2, 8))
-        grpo.optimize(cfg, model, opt, b, comp, mask, adv.reshape(-1), banned=banned)
+        grpo.optimize(cfg, grpo.Sizes.of(cfg, 1), model, opt, b, comp, mask, adv.reshape(-1), banned=banned)
     assert p_action() > before + 0.15, (before, p_action())
 
 
