@@ -59,8 +59,6 @@ def split_by_task(recs: list[dict]) -> None:
             r["split"] = "val" if is_val(j, len(group)) else "train"
 
 
-
-
 def chunk_episode(actions: np.ndarray, horizon: int) -> np.ndarray:
     """[T, 7] → [T, horizon, 7]: chunk t = actions[t : t + horizon], padded past the end with holds."""
     hold = np.zeros((horizon, actions.shape[1]), actions.dtype)
@@ -76,7 +74,6 @@ def noop_mask(actions: np.ndarray, eps: float = 1e-4) -> np.ndarray:
     still = np.linalg.norm(actions[:, :6], axis=1) < eps
     same_grip = np.concatenate([[True], actions[1:, 6] == actions[:-1, 6]])
     return still & same_grip
-
 
 
 class EpisodeDataset:
