@@ -42,7 +42,6 @@ of freedom); with one seed there is none.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -50,7 +49,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from fast_tokenizer import arg, parse_config as flags_from
+import config
+from config import arg, read_json, write_json, write_text
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,7 +70,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    return flags_from(argv, Config, __doc__)              # the flag generator fast_tokenizer.py defines
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- what runs
@@ -231,14 +231,6 @@ def mean_ci_t(values) -> list:
     return [m, m - h, m + h, n]
 
 
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def figures(runs: list[Run]) -> dict:
     """The figures of one variant and seed, from its runs' metrics.json files (None where absent)."""
     ev, vla = read_json(os.path.join(runs[-1].out, "metrics.json")), read_json(os.path.join(runs[-2].out, "metrics.json"))
@@ -317,12 +309,6 @@ def plot(summary: dict, path: str) -> bool:
     return True
 
 
-def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 # ----------------------------------------------------------------------------- main
 def execute(run: Run, log_dir: str) -> float:
     """Run one stage as a subprocess (its output to logs/); returns seconds. Raises SystemExit on failure."""
@@ -387,9 +373,9 @@ def main(cfg: Config) -> dict:
            "variants": {v: {"chain": VARIANTS[v][0], "extra": VARIANTS[v][1], "paper": VARIANTS[v][2],
                             "runs": [r.key for r in plans[(v, seeds[0])]]} for v in names},
            "per_seed": per_seed, "summary": summary, "seconds": round(time.time() - t_start, 1)}
-    write_atomic(os.path.join(cfg.out, "results.json"), json.dumps(res, indent=1))
+    write_json(os.path.join(cfg.out, "results.json"), res)
     md = results_markdown(cfg, summary, done, {v: plans[(v, seeds[0])] for v in names})
-    write_atomic(os.path.join(cfg.out, "results.md"), md)
+    write_text(os.path.join(cfg.out, "results.md"), md)
     if cfg.plot:
         plot(summary, os.path.join(cfg.out, "results.png"))
     print(md)

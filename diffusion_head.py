@@ -46,19 +46,17 @@ and iDDPM (Nichol & Dhariwal 2021, arXiv 2102.09672):
   analogue of CogACT's "cognition" token (the hidden state at the EOS after the prompt), which in a causal
   backbone has attended to the whole prompt. (A masked mean is the other common choice.)
 """
-import argparse
 import math
 import os
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+import config
+from config import arg
 
 
 @dataclass
@@ -80,13 +78,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
-        else: kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- schedule and sampling math

@@ -49,25 +49,24 @@ while expert/random are built in each (eval_workers.py: how episodes are shared 
     python eval_libero.py --policy out/vla --workers 4 --num-envs 4
     MUJOCO_GL=egl python eval_libero.py --env libero --policy ws://gpu-box:8000 --workers 16 --suite spatial
 """
-import argparse
 import json
 import os
 import time
 import traceback
 import zlib
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+import config
+from config import arg, exits_on_bad_files, write_json, write_jsonl
+from data.demos import open_dataset
+from data.expert import Expert
 from data.mini_libero import OffScreenRenderEnv, flip_image, get_benchmark, proprio_from_obs, write_gif
 from data.scenes import DEFAULT_LAYOUT, MAX_STEPS, SUITES, layout_scale
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -92,13 +91,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
-        else: kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 def fail(msg: str):
@@ -282,7 +275,6 @@ class ExpertPolicy:
         self.seed, self.experts = seed, {}
 
     def start(self, slot, ep, env):
-        from data.expert import Expert
         _, plan = env.task.scene(ep["init"])     # the plan names bodies; the env's own world is what moves
         self.experts[slot] = (Expert(env.world, plan, episode_rng(self.seed, ep["suite"], ep["task"], ep["init"])), env)
 
@@ -297,7 +289,6 @@ class ReplayPolicy:
     image_size, episodic, uses_images = 128, True, False
 
     def __init__(self, data: str, seed: int):
-        from data.demos import open_dataset
         ds = open_dataset(data)
         self.seed, self.ds, self.runs, self.last, self.by_task = seed, ds, {}, {}, {}
         for i in ds.indices("train"):
@@ -395,10 +386,7 @@ def open_log(path: str, cfg: Config) -> tuple[dict, object]:
                 done[ep_key(r)] = r
     elif os.path.exists(path) and os.path.getsize(path):
         print(f"{path}: starting afresh (--resume would keep its finished episodes)")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in done.values())
-    os.replace(tmp, path)
+    write_jsonl(path, done.values())
     return done, open(path, "a")
 
 
@@ -429,13 +417,6 @@ def print_table(res: dict) -> None:
     print(f"average over {len(res['suites'])} suite(s): {res['average']:.1%}")
 
 
-def atomic_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(path + ".tmp", path)
-
-
 # ----------------------------------------------------------------------------- the evaluation loop
 @dataclass
 class Slot:                                   # one of the --num-envs lockstep environments
@@ -449,6 +430,74 @@ class Slot:                                   # one of the --num-envs lockstep e
     frames: list = field(default_factory=list)
 
 
+@dataclass
+class Run:
+    """What one evaluation shares between its set-up, its episode loop, `finish` and its summary."""
+    cfg: Config
+    policy: object
+    backend: object
+    episodes: list                            # every episode of this evaluation, finished ones included
+    pending: deque                            # the ones still to run
+    done: dict                                # finished records by ep_key (those of --resume included)
+    log: object                               # OUT/episodes.jsonl, opened for appending
+    size: int                                 # render size
+    render: bool
+    wrist: bool
+    trained: str = None                       # the layout of the policy's demos, when it says
+    layout: str = None                        # the layout evaluated (None on real LIBERO: its own init states)
+    bar: object = None
+    n_new: int = 0
+    n_ok: int = 0
+    # steps/s counts the time spent stepping (settle steps, policy calls, env steps), not env builds and
+    # resets: real LIBERO needs ~8 s per env build and ~2-5 s per reset, which would swamp a short run
+    env_steps: int = 0
+    stepping_s: float = 0.0
+
+
+def set_up(cfg: Config, policy=None, backend=None, episodes=None) -> Run:
+    """Load the policy, build the backend on the policy's layout (unless --layout), plan the episodes, open the log
+    (keeping finished episodes with --resume) and print what will run."""
+    if backend is None and cfg.env not in ("mini", "libero"):
+        fail(f"--env must be mini or libero, not {cfg.env!r}")
+    policy = policy if policy is not None else load_policy(cfg)
+    trained = getattr(policy, "layout", None)
+    backend = backend or make_backend(cfg.env, check_layout(cfg.layout or trained or DEFAULT_LAYOUT))
+    layout = getattr(backend, "layout", None)
+    size = cfg.render_size or backend.default_render_size(policy.image_size)
+    render = cfg.video or getattr(policy, "uses_images", True)
+    wrist = cfg.video or getattr(policy, "uses_wrist", True)    # a VLA without --wrist: mini renders one camera
+    episodes = plan_episodes(cfg, backend) if episodes is None else episodes
+    os.makedirs(os.path.join(cfg.out, "videos") if cfg.video else cfg.out, exist_ok=True)
+    done, log = open_log(os.path.join(cfg.out, "episodes.jsonl"), cfg)
+    pending = deque(e for e in episodes if ep_key(e) not in done)
+    if trained and layout and trained != layout:
+        print(f"note: the policy was trained on {trained} layouts and is evaluated on {layout} layouts (a generalisation test)")
+    print(f"{cfg.env} backend{f' ({layout} layout)' if layout else ''}, policy {cfg.policy}: {len(episodes)} episodes, "
+          f"{len(episodes) - len(pending)} already done; "
+          f"render {f'{size}px' + ('' if wrist else ' agentview only') if render else 'off'} -> policy {policy.image_size}px, replan every {cfg.replan_steps}, {cfg.num_envs} envs in lockstep")
+    return Run(cfg, policy, backend, episodes, pending, done, log, size, render, wrist, trained, layout)
+
+
+def finish(run: Run, s: Slot, success: bool, error: str = "") -> None:
+    """Record slot s's episode: one log line (what --resume reads), a GIF with --video; the slot is free again."""
+    cfg, ep = run.cfg, s.ep
+    rec = dict(ep, env=cfg.env, policy=cfg.policy, instruction=run.backend.instruction(ep["suite"], ep["task"]),
+               success=bool(success), steps=s.steps, wall_s=round(time.perf_counter() - s.t0, 3))
+    if error:
+        rec["error"] = error
+        tqdm.write(f"episode {ep_key(ep)} failed with an exception:\n{error}")
+    run.log.write(json.dumps(rec) + "\n"); run.log.flush()    # one line per finished episode: --resume reads them
+    run.done[ep_key(ep)] = rec
+    if cfg.video and s.frames:
+        name = f"{ep['suite']}_t{ep['task']:02d}_i{ep['init']:02d}_{'success' if success else 'failure'}.gif"
+        write_gif(s.frames, os.path.join(cfg.out, "videos", name), caption=rec["instruction"])
+    run.n_new, run.n_ok, s.ep, s.frames = run.n_new + 1, run.n_ok + bool(success), None, []
+    run.bar.update(1)
+    run.bar.set_postfix(success=f"{run.n_ok / run.n_new:.1%}", steps_s=f"{run.env_steps / max(run.stepping_s, 1e-9):.0f}",
+                        refresh=False)
+
+
+@exits_on_bad_files("eval_libero.py")
 def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
     """Evaluate; returns the results dict. `policy` / `backend` override --policy / --env (tests inject fakes);
     `episodes` overrides the planned ones (a --workers process runs the share it was given)."""
@@ -457,48 +506,11 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
     if cfg.workers != 1:
         from eval_workers import run_workers    # the episodes over processes, each running this function
         return run_workers(cfg, policy, backend)
-    if backend is None and cfg.env not in ("mini", "libero"):
-        fail(f"--env must be mini or libero, not {cfg.env!r}")
-    policy = policy if policy is not None else load_policy(cfg)
-    trained = getattr(policy, "layout", None)             # the layout of the policy's demos, when it says
-    backend = backend or make_backend(cfg.env, check_layout(cfg.layout or trained or DEFAULT_LAYOUT))
-    layout = getattr(backend, "layout", None)              # real LIBERO has its own init states: no layout
-    mismatch = bool(trained and layout and trained != layout)
-    size = cfg.render_size or backend.default_render_size(policy.image_size)
-    render = cfg.video or getattr(policy, "uses_images", True)
-    wrist = cfg.video or getattr(policy, "uses_wrist", True)    # a VLA without --wrist: mini renders one camera
-    episodes = plan_episodes(cfg, backend) if episodes is None else episodes
-    os.makedirs(os.path.join(cfg.out, "videos") if cfg.video else cfg.out, exist_ok=True)
-    done, log = open_log(os.path.join(cfg.out, "episodes.jsonl"), cfg)
-    pending = deque(e for e in episodes if ep_key(e) not in done)
-    if mismatch:
-        print(f"note: the policy was trained on {trained} layouts and is evaluated on {layout} layouts (a generalisation test)")
-    print(f"{cfg.env} backend{f' ({layout} layout)' if layout else ''}, policy {cfg.policy}: {len(episodes)} episodes, "
-          f"{len(episodes) - len(pending)} already done; "
-          f"render {f'{size}px' + ('' if wrist else ' agentview only') if render else 'off'} -> policy {policy.image_size}px, replan every {cfg.replan_steps}, {cfg.num_envs} envs in lockstep")
+    run = set_up(cfg, policy, backend, episodes)
+    policy, backend, pending = run.policy, run.backend, run.pending
     slots = [Slot(ChunkQueue(cfg.replan_steps)) for _ in range(min(cfg.num_envs, len(pending)))]
-    bar = tqdm(total=len(pending), unit="ep", dynamic_ncols=True)
-    # steps/s counts the time spent stepping (settle steps, policy calls, env steps), not env builds and
-    # resets: real LIBERO needs ~8 s per env build and ~2-5 s per reset, which would swamp a short run
-    t_start, stepping_s, env_steps, n_new, n_ok = time.perf_counter(), 0.0, 0, 0, 0
-
-    def finish(s: Slot, success: bool, error: str = "") -> None:
-        nonlocal n_new, n_ok
-        ep = s.ep
-        rec = dict(ep, env=cfg.env, policy=cfg.policy, instruction=backend.instruction(ep["suite"], ep["task"]),
-                   success=bool(success), steps=s.steps, wall_s=round(time.perf_counter() - s.t0, 3))
-        if error:
-            rec["error"] = error
-            tqdm.write(f"episode {ep_key(ep)} failed with an exception:\n{error}")
-        log.write(json.dumps(rec) + "\n"); log.flush()    # one line per finished episode: --resume reads them
-        done[ep_key(ep)] = rec
-        if cfg.video and s.frames:
-            name = f"{ep['suite']}_t{ep['task']:02d}_i{ep['init']:02d}_{'success' if success else 'failure'}.gif"
-            write_gif(s.frames, os.path.join(cfg.out, "videos", name), caption=rec["instruction"])
-        n_new, n_ok, s.ep, s.frames = n_new + 1, n_ok + bool(success), None, []
-        bar.update(1)
-        bar.set_postfix(success=f"{n_ok / n_new:.1%}", steps_s=f"{env_steps / max(stepping_s, 1e-9):.0f}", refresh=False)
-
+    run.bar = tqdm(total=len(pending), unit="ep", dynamic_ncols=True)
+    t_start = time.perf_counter()
     while pending or any(s.ep for s in slots):
         # 1. free slots start the next episode: (re)build the env when the task changes, reset, init state, settle
         for i, s in enumerate(slots):
@@ -509,19 +521,19 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
                     if s.env_task != key:
                         old, s.env, s.env_task = s.env, None, None
                         if old is not None: old.close()
-                        s.env, s.env_task = backend.make_env(*key, size, cfg.seed, render, wrist), key
+                        s.env, s.env_task = backend.make_env(*key, run.size, cfg.seed, run.render, run.wrist), key
                     s.env.reset()
                     s.obs = s.env.set_init_state(backend.init_states(*key)[s.ep["init"]])
                     t = time.perf_counter()
                     for _ in range(cfg.settle_steps):           # objects settle; not counted against max steps
                         s.obs, _, _, _ = s.env.step(SETTLE_ACTION)
-                        env_steps += 1
-                    stepping_s += time.perf_counter() - t
+                        run.env_steps += 1
+                    run.stepping_s += time.perf_counter() - t
                     s.queue.clear()
                     if getattr(policy, "episodic", False): policy.start(i, s.ep, s.env)
                 except Exception:
                     s.env_task = None             # an env that raised may be broken: rebuild it for the next episode
-                    finish(s, False, traceback.format_exc())
+                    finish(run, s, False, traceback.format_exc())
         active, t = [i for i, s in enumerate(slots) if s.ep is not None], time.perf_counter()
         # 2. one batched policy call for every active episode whose chunk has run out
         ask = [i for i in active if not slots[i].queue]
@@ -537,7 +549,7 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
                 for i, c in zip(ask, chunks): slots[i].queue.refill(c)
             except Exception:
                 err = traceback.format_exc()      # the whole batch fails: we cannot tell whose input broke it
-                for i in ask: finish(slots[i], False, err)
+                for i in ask: finish(run, slots[i], False, err)
         # 3. every episode with an action steps once; done = success; max steps = failure
         for i in active:
             s = slots[i]
@@ -548,33 +560,39 @@ def run_eval(cfg: Config, policy=None, backend=None, episodes=None) -> dict:
                     s.frames.append(np.concatenate([flip_image(s.obs["agentview_image"]),
                                                     flip_image(s.obs["robot0_eye_in_hand_image"])], axis=1))
                 s.obs, _, success, _ = s.env.step(s.queue.pop())
-                s.steps += 1; env_steps += 1
+                s.steps += 1; run.env_steps += 1
                 if success or s.steps >= (cfg.max_steps or backend.max_steps[s.ep["suite"]]):
-                    finish(s, bool(success))
+                    finish(run, s, bool(success))
             except Exception:
                 s.env_task = None
-                finish(s, False, traceback.format_exc())
-        stepping_s += time.perf_counter() - t
-    bar.close(); log.close()
+                finish(run, s, False, traceback.format_exc())
+        run.stepping_s += time.perf_counter() - t
+    run.bar.close(); run.log.close()
     for s in slots:
         if s.env is not None: s.env.close()
-    wall = time.perf_counter() - t_start
+    return write_results(run, time.perf_counter() - t_start)
 
-    records = [done[ep_key(e)] for e in episodes]
+
+def write_results(run: Run, wall: float) -> dict:
+    """results.json (per task and suite, Wilson intervals) and metrics.json (speed, layouts, versions) for every
+    planned episode, this run's and earlier ones; prints the table. Returns the results."""
+    cfg, backend = run.cfg, run.backend
+    records = [run.done[ep_key(e)] for e in run.episodes]
     res = summarize(records, backend)
-    res.update(config=vars(cfg), backend=dict(name=backend.name, **backend.versions()), render_size=size, layout=layout,
-               trained_layout=trained)
-    sps = env_steps / max(stepping_s, 1e-9)
+    res.update(config=vars(cfg), backend=dict(name=backend.name, **backend.versions()), render_size=run.size,
+               layout=run.layout, trained_layout=run.trained)
+    sps = run.env_steps / max(run.stepping_s, 1e-9)
+    mismatch = bool(run.trained and run.layout and run.trained != run.layout)
     metrics = dict(success={s: v["success"] for s, v in res["suites"].items()}, average=res["average"],
-                   episodes=len(records), episodes_this_run=n_new, env_steps_this_run=env_steps, wall_s=round(wall, 2),
-                   stepping_s=round(stepping_s, 2), env_steps_per_s=round(sps, 1), num_envs=cfg.num_envs,
-                   backend=backend.name, layout=layout, trained_layout=trained, layout_mismatch=mismatch,
-                   **backend.versions())
-    atomic_json(os.path.join(cfg.out, "results.json"), res)
-    atomic_json(os.path.join(cfg.out, "metrics.json"), metrics)
+                   episodes=len(records), episodes_this_run=run.n_new, env_steps_this_run=run.env_steps,
+                   wall_s=round(wall, 2), stepping_s=round(run.stepping_s, 2), env_steps_per_s=round(sps, 1),
+                   num_envs=cfg.num_envs, backend=backend.name, layout=run.layout, trained_layout=run.trained,
+                   layout_mismatch=mismatch, **backend.versions())
+    write_json(os.path.join(cfg.out, "results.json"), res, indent=2)
+    write_json(os.path.join(cfg.out, "metrics.json"), metrics, indent=2)
     print_table(res)
-    print(f"{n_new} episodes in {wall:.1f}s; {env_steps} env steps in {stepping_s:.1f}s of stepping: {sps:.1f} env "
-          f"steps/s (policy calls included, env builds and resets not; --num-envs {cfg.num_envs}); wrote {cfg.out}")
+    print(f"{run.n_new} episodes in {wall:.1f}s; {run.env_steps} env steps in {run.stepping_s:.1f}s of stepping: {sps:.1f} "
+          f"env steps/s (policy calls included, env builds and resets not; --num-envs {cfg.num_envs}); wrote {cfg.out}")
     return res
 
 

@@ -30,7 +30,8 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
-from eval_libero import (DEFAULT_LAYOUT, Config, atomic_json, check_layout, ep_key, fail, load_policy, make_backend,
+from config import write_json
+from eval_libero import (DEFAULT_LAYOUT, Config, check_layout, ep_key, fail, load_policy, make_backend,
                          open_log, plan_episodes, print_table, run_eval, summarize, trained_layout)
 
 
@@ -272,8 +273,8 @@ def run_workers(cfg: Config, policy=None, backend=None, worker=eval_worker) -> d
                    backend=backend.name, layout=getattr(backend, "layout", None), trained_layout=trained,
                    layout_mismatch=bool(trained and getattr(backend, "layout", None) not in (None, trained)),
                    **backend.versions())
-    atomic_json(os.path.join(cfg.out, "results.json"), res)
-    atomic_json(os.path.join(cfg.out, "metrics.json"), metrics)
+    write_json(os.path.join(cfg.out, "results.json"), res, indent=2)
+    write_json(os.path.join(cfg.out, "metrics.json"), metrics, indent=2)
     print_table(res)
     print(f"{pool.n_new} episodes in {wall:.1f}s with {cfg.workers} worker processes: {metrics['env_steps_per_wall_s']} "
           f"env steps per wall second all together, {metrics['env_steps_per_s']} per second of stepping in each; "

@@ -57,21 +57,18 @@ Choices (the reference is processing_action_tokenizer.py in huggingface.co/physi
   truncates the coefficients to T*D (LeRobot's relaxed_decoding); `valid` means the same in both modes.
   T and D are fixed at fit time and saved; nothing is cached between calls.
 """
-import argparse
 import heapq
 import json
 import operator
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+import config
+from config import arg, exits_on_bad_files, write_json, write_text
 
 
 @dataclass
@@ -90,16 +87,8 @@ class Config:
     seed: int = arg(0, "seed for --synthetic data")
 
 
-def parse_config(argv=None, cls=None, doc=None):
-    """Flags generated from a config dataclass (this file's Config by default; bench/bench_fast.py passes its own)."""
-    cls = cls or Config
-    p = argparse.ArgumentParser(description=doc or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(cls):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool): kw["action"] = argparse.BooleanOptionalAction
-        else: kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return cls(**vars(p.parse_args(argv)))
+def parse_config(argv=None) -> Config:
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- DCT
@@ -339,7 +328,7 @@ class FastTokenizer:
         d = self.to_dict()                    # one key per line; one merge / vocab entry per line
         lines = [f'  "{k}": [\n    ' + ",\n    ".join(json.dumps(e) for e in v) + "\n  ]"
                  if k in ("merges", "vocab") else f'  "{k}": {json.dumps(v)}' for k, v in d.items()]
-        atomic_write(path, "{\n" + ",\n".join(lines) + "\n}\n")
+        write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
 
     @classmethod
     def load(cls, path):
@@ -409,17 +398,6 @@ def synthetic_chunks(n: int, horizon: int, seed: int = 0, D: int = 7) -> np.ndar
     return win.transpose(0, 1, 3, 2).reshape(-1, horizon, D)[:n].astype(np.float32)
 
 
-def atomic_write(path, text):
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_")
-    try:
-        with os.fdopen(fd, "w") as f: f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp); raise
-
-
 def evaluate(tok: FastTokenizer, chunks, relaxed=False) -> dict:
     """Token counts, compression and reconstruction error of `chunks` [N, T, D] through tok."""
     T, D = tok.time_horizon, tok.action_dim
@@ -449,13 +427,14 @@ def load_chunks(cfg: Config):
         from data.demos import open_dataset
     except ImportError as e:
         raise SystemExit(f"fast_tokenizer.py: cannot import data.demos ({e}); run from the repo root or use --synthetic N")
-    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)   # exits with a one-line message if the data is bad
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)   # bad data: DatasetError, reported in one line
     try:
         return ds.action_chunks(horizon=cfg.horizon, split="train"), ds.action_chunks(horizon=cfg.horizon, split="val")
     except ValueError as e:                   # e.g. a split without episodes
         raise SystemExit(f"fast_tokenizer.py: {cfg.data}: cannot make train and val chunks ({e})")
 
 
+@exits_on_bad_files("fast_tokenizer.py")
 def main(cfg: Config):
     train, val = load_chunks(cfg)
     for name, x in (("train", train), ("val", val)):
@@ -470,7 +449,7 @@ def main(cfg: Config):
     m = dict(config=vars(cfg), fit_s=fit_s, train_chunks=len(train), vocab_size=tok.vocab_size,
              alphabet=[tok.min_token, tok.min_token + tok.n_symbols - 1], val=evaluate(tok, val, cfg.relaxed))
     tok.save(os.path.join(cfg.out, "fast_tokenizer.json"))
-    atomic_write(os.path.join(cfg.out, "metrics.json"), json.dumps(m, indent=2) + "\n")
+    write_json(os.path.join(cfg.out, "metrics.json"), m, indent=2)
     v = m["val"]
     print(f"fit {fit_s:.2f}s on {len(train)} chunks [{cfg.horizon}, {train.shape[2]}]; vocab {tok.vocab_size} (alphabet "
           f"{tok.min_token}..{tok.min_token + tok.n_symbols - 1}); on {v['chunks']} val chunks, {v['tokens_used']} ids used\n"

@@ -1,7 +1,7 @@
 """Stage 2 — GRPO: align the SFT model's reasoning with action accuracy (RoboAlign's contribution).
 
 Reads the Stage-1 checkpoint (`--init`, written by sft.py) and the demonstration episodes it reserved for this
-stage (its `stage2.json`); writes `--out DIR`: a checkpoint in sft.py's layout (so `sft.load_backbone`,
+stage (its `stage2.json`); writes `--out DIR`: a checkpoint in sft.py's layout (so `model.load_backbone`,
 vla_train.py and eval_libero.py load it), `metrics.json` (held-out figures before/after, the paired change, the
 image-shuffle control, config) and `metrics.jsonl` (one line per rollout round).
 
@@ -44,28 +44,27 @@ full-parameter RL on a 7B model also needs FSDP/ZeRO sharding, which this DDP-on
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+import config
+from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
-from sft import (QWEN_SPECIALS, Frames, Sample, build_samples, collate, load_backbone, mean_ci,
-                 load_resume, parse_actions, prefix_ratio, save_checkpoint, save_resume, setup_distributed)
+from model import (QWEN_SPECIALS, configure_optimizers, load_backbone, load_resume, parse_actions,
+                   prefix_ratio, save_checkpoint, save_resume, setup_distributed)
+from sft import Frames, Sample, build_samples, collate, mean_ci, read_stage2
 from sft import evaluate as sft_evaluate
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -107,15 +106,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 def check(cfg: Config, world: int) -> None:
@@ -132,6 +123,20 @@ def check(cfg: Config, world: int) -> None:
     for failed, msg in bad:
         if failed:
             raise SystemExit(f"grpo.py: {msg}")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes the flags imply, derived once right after parsing and checking (cleanrl's derived fields)."""
+    updates: int              # optimizer steps per pass over a rollout batch: rollout_batch / update_batch
+    on_policy: bool           # μ = 1 and one update per round: π_old = detached π_θ, no extra forward pass
+    per_rank: int             # prompts per rank per round
+    steps_per_round: int      # optimizer steps per round over all ranks (μ · updates · world): the metrics' divisor
+
+    @classmethod
+    def of(cls, cfg: Config, world: int) -> "Sizes":
+        updates = cfg.rollout_batch // cfg.update_batch
+        return cls(updates, cfg.mu == 1 and updates == 1, cfg.rollout_batch // world, cfg.mu * updates * world)
 
 
 # ----------------------------------------------------------------------------- reward
@@ -281,16 +286,17 @@ def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, c
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(), world_size: int = 1):
+def optimize(cfg: Config, sizes: Sizes, policy, opt, batch: dict, completion, mask, adv, ref=None, banned=(),
+             world_size: int = 1):
     """GRPO on this rank's rows of one rollout batch: π_old and π_ref log-probs of the sampled tokens first (no
     grad, not loss-bearing), then μ passes of rollout/update optimizer steps. `policy` is the DDP wrapper under
-    torchrun: every loss-bearing forward goes through it. Returns [Σ entropy, Σ KL, Σ clipped, Σ loss, Σ tokens,
-    Σ grad norm] over all steps."""
+    torchrun: every loss-bearing forward goes through it. Returns this rank's sums over all steps, by name
+    (policy/entropy and policy/kl over its completion tokens, loss/clipped tokens, loss/loss, loss/tokens,
+    loss/grad_norm), as 0-d float32 tensors."""
     raw = getattr(policy, "module", policy)
     ddp, (N, C), dev = raw is not policy, completion.shape, completion.device
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
-    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass
-    on_policy = cfg.mu == 1 and updates == 1                        # π_old = detached π_θ: no extra forward
+    updates, on_policy = sizes.updates, sizes.on_policy             # on-policy: π_old = detached π_θ, no extra forward
     old_lp, ref_lp = torch.zeros(N, C, device=dev), torch.zeros(N, C, device=dev)
     with torch.no_grad(), torch.autocast(**amp):
         for a in range(0, N, cfg.micro_batch) if not on_policy or ref is not None else []:
@@ -299,7 +305,9 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
                 old_lp[a:a + cfg.micro_batch] = token_logprobs(raw, x, C, cfg.temperature, banned)[0]
             if ref is not None:
                 ref_lp[a:a + cfg.micro_batch] = token_logprobs(ref, x, C, cfg.temperature, banned)[0]
-    per_update, acc = N // updates, torch.zeros(6, device=dev)
+    per_update = N // updates
+    per_token = ("policy/entropy", "policy/kl", "loss/clipped", "loss/loss", "loss/tokens")   # summed per micro-step
+    acc = {k: torch.zeros((), device=dev) for k in (*per_token, "loss/grad_norm")}
     for _ in range(cfg.mu):
         for u in range(updates):
             lo, hi = u * per_update, (u + 1) * per_update
@@ -318,11 +326,43 @@ def optimize(cfg: Config, policy, opt, batch: dict, completion, mask, adv, ref=N
                                           cfg.clip_eps, cfg.clip_eps_high or cfg.clip_eps, ref_lp[a:b], cfg.beta, cfg.loss_norm)
                 loss.backward()
                 m, kl = mask[a:b], k3(ref_lp[a:b], logp.detach()) if ref is not None else torch.zeros_like(logp)
-                acc[:5] += torch.stack([ent[m].sum(), kl[m].sum(), clipped.sum().float(), loss.detach(), m.sum().float()])
-            acc[5] += torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
+                for k, v in zip(per_token, (ent[m].sum(), kl[m].sum(), clipped.sum().float(), loss.detach(), m.sum().float())):
+                    acc[k] += v
+            acc["loss/grad_norm"] += torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip or float("inf"))
             opt.step()
             opt.zero_grad(set_to_none=True)
     return acc
+
+
+def rollout_sums(R, flat, completion, mask, eos: int) -> dict:
+    """This rank's rollout figures as sums by name: rewards (R [N, 3]: r, r_f, r_a) and r², completions,
+    zero-spread groups (flat [groups]), completion tokens, completions that closed with EOS."""
+    r = R[:, 0]
+    return {"rollout/reward": r.sum(), "rollout/reward_sq": (r ** 2).sum(), "rollout/r_f": R[:, 1].sum(),
+            "rollout/r_a": R[:, 2].sum(), "rollout/completions": len(completion), "rollout/zero_spread": flat.sum(),
+            "rollout/groups": len(flat), "rollout/tokens": mask.sum(), "rollout/finished": (completion == eos).any(1).sum()}
+
+
+def all_reduce_sums(sums: dict, device, ddp: bool) -> dict:
+    """{name: number or 0-d tensor} summed over the ranks, in one all-reduce of a float32 vector."""
+    t = torch.tensor([float(v) for v in sums.values()], device=device)
+    if ddp:
+        dist.all_reduce(t)
+    return dict(zip(sums, t.tolist()))
+
+
+def round_line(s: dict, step: int, n_steps: int, with_kl: bool) -> dict:
+    """One metrics.jsonl line from the round's summed figures: per-completion means of the reward and its parts,
+    per-token means of entropy, KL and the clipped share, per-step means of loss and grad norm (every rank adds
+    each optimizer step's loss and norm, so n_steps counts the steps of all ranks)."""
+    n, tokens = s["rollout/completions"], max(s["loss/tokens"], 1)
+    mean_r = s["rollout/reward"] / n
+    return {"round": step + 1, "reward": mean_r, "reward_std": max(s["rollout/reward_sq"] / n - mean_r ** 2, 0) ** 0.5,
+            "r_f": s["rollout/r_f"] / n, "r_a": s["rollout/r_a"] / n,
+            "zero_spread": s["rollout/zero_spread"] / s["rollout/groups"], "length": s["rollout/tokens"] / n,
+            "finished": s["rollout/finished"] / n, "entropy": s["policy/entropy"] / tokens,
+            "kl": s["policy/kl"] / tokens if with_kl else None, "clip_frac": s["loss/clipped"] / tokens,
+            "loss": s["loss/loss"] / n_steps, "grad_norm": s["loss/grad_norm"] / n_steps}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -341,31 +381,24 @@ def round_prompts(n: int, B: int, k: int, seed: int) -> np.ndarray:
     return order[k * B - first * n:][:B]
 
 
-def write_jsonl(path: str, lines: list[dict]) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(x) + "\n" for x in lines)
-    os.replace(path + ".tmp", path)
-
-
-# ----------------------------------------------------------------------------- training
-def main(cfg: Config) -> dict:
-    ddp, rank, world_size, device = setup_distributed(cfg.seed)
-    master = rank == 0
-    check(cfg, world_size)
-    st_path = os.path.join(cfg.init, "stage2.json")
+# ----------------------------------------------------------------------------- set-up and final evaluation
+def read_stage2_of(init: str) -> dict:
+    """The --init checkpoint's stage2.json: the demo episodes sft.py reserved for this stage."""
+    st_path = os.path.join(init, "stage2.json")
     if not os.path.isfile(st_path):
-        raise SystemExit(f"grpo.py: {cfg.init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
-    with open(st_path) as f:
-        stage2 = json.load(f)
-    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
-    tok = proc.tokenizer
-    tok.padding_side = "left"                                  # generation appends on the right
+        raise SystemExit(f"grpo.py: {init} is not an sft.py checkpoint (no stage2.json); run sft.py first")
+    stage2 = read_stage2(st_path)
+    if not stage2["episodes"]:
+        raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
+    return stage2
+
+
+def load_prompts(cfg: Config, stage2: dict, fast):
+    """(Stage-2 prompts, held-out prompts, their frames): reasoning → FAST prompts of the reserved episodes, and
+    --eval-prompts of the val split chosen as sft.py chooses them (none with --no-eval)."""
     data = cfg.data or stage2.get("data") or stage2.get("demos")     # "demos": checkpoints from before --data
     ds = open_dataset(data, cfg.data_format if cfg.data else stage2.get("data_format", "auto"),
                       stage2.get("drop_noops", False))
-    if not stage2["episodes"]:
-        raise SystemExit(f"grpo.py: {st_path} reserves no episodes (sft.py --stage2-frac 0)")
-    t0 = time.time()
     prompts = build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, cfg.seed)    # reasoning → FAST only
     val, val_eps = [], ds.indices("val")
     if cfg.eval:
@@ -373,57 +406,124 @@ def main(cfg: Config) -> dict:
             raise SystemExit(f"grpo.py: {ds.root} has no val episodes for the held-out evaluation (or pass --no-eval)")
         vk = build_samples(ds, val_eps, fast, {"reason": 1.0}, 1)             # the prompts sft.py evaluates on
         val = [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
-    frames = Frames(ds, sorted(set(stage2["episodes"]) | {s.episode for s in val}))
+    return prompts, val, Frames(ds, sorted(set(stage2["episodes"]) | {s.episode for s in val}))
 
-    for m in model.modules():                    # no dropout: π_θ, π_old and π_ref must be deterministic
+
+def no_dropout(model) -> None:
+    """No dropout anywhere: π_θ, π_old and π_ref must be deterministic functions of the tokens."""
+    for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
         if hasattr(m, "attention_dropout"):
             m.attention_dropout = 0.0
+
+
+def plan(cfg: Config, sizes: Sizes, total: int, ref, prompts: list, stage2: dict, val: list) -> str:
+    """The banner's account of the run: one round's completions and optimizer steps, the rounds, how π_old and
+    π_ref are obtained, the prompts."""
+    return (f"round = {cfg.rollout_batch} prompts × G {cfg.group} = {cfg.rollout_batch * cfg.group} completions "
+            f"({sizes.per_rank} prompts per rank) | {sizes.updates} optimizer step(s) of {cfg.update_batch} "
+            f"prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
+            f"π_old {'= detached π_θ (on-policy)' if sizes.on_policy else 'recomputed'} | reference "
+            f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
+            f"{len(stage2['episodes'])} episodes | {len(val)} held-out")
+
+
+def start_log(cfg: Config, start: int, log_path: str, before_path: str, raw, proc, vocab, fast, val, frames):
+    """(history, before, before_rows) on rank 0: a resumed run keeps its log up to the saved round and the
+    held-out figures it measured before training; a fresh one measures them now and starts an empty log."""
+    os.makedirs(cfg.out, exist_ok=True)
+    history, before, before_rows = [], None, None
+    if start and os.path.isfile(log_path):                 # resume: keep the log up to the saved round
+        with open(log_path) as f:
+            history = [x for x in map(json.loads, filter(str.strip, f)) if x["round"] <= start]
+    if cfg.eval and start and os.path.isfile(before_path):
+        before, before_rows = read_json(before_path)
+    elif cfg.eval and not start:
+        before, before_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+        print("before:", {k: round(v[0], 3) for k, v in before.items()})
+    write_jsonl(log_path, history)
+    return history, before, before_rows
+
+
+def final_evaluation(cfg: Config, metrics: dict, before_rows, raw, proc, vocab, fast, val, frames) -> None:
+    """Held-out figures after training, with shuffled images, and the change paired over the same prompts."""
+    metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+    metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+    if before_rows is not None:
+        metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows if k in before_rows}
+    for k in ("after", "after_image_shuffle", "change"):
+        if k in metrics:
+            print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
+
+
+# ----------------------------------------------------------------------------- training
+def log_round(cfg: Config, step: int, line: dict, log_path: str, bar, R, completion, mask, mine, tok) -> None:
+    """Rank 0, every round: one line of metrics.jsonl, the progress bar, and every --sample-every rounds one
+    completion with its rewards (R [N, 3]: r, r_f, r_a)."""
+    with open(log_path, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    bar.set_postfix(r=f"{line['reward']:.3f}", r_a=f"{line['r_a']:.3f}", r_f=f"{line['r_f']:.2f}",
+                    flat=f"{line['zero_spread']:.2f}", len=f"{line['length']:.0f}", tok_s=f"{line['tok_s']:.0f}")
+    if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
+        c = completion[0, :int(mask[0].sum())].tolist()
+        bar.write(f"round {step + 1} sample (r {R[0, 0]:.2f}, r_f {R[0, 1]:.0f}, r_a {R[0, 2]:.2f}; target "
+                  f"{len(mine[0].actions)} action tokens): {mine[0].prompt!r}\n  → {tok.decode(c)}")
+
+
+def build_policy(cfg: Config, model, device, ddp: bool):
+    """(wrapped, ref, opt, start): π_θ on the device without dropout, the frozen reference π_ref = --init (only when
+    β > 0), AdamW, and the round to start from (--resume). Every loss-bearing forward goes through `wrapped` (DDP
+    under torchrun; every parameter is used)."""
+    no_dropout(model)
     model.to(device)
     ref = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta > 0 else None   # frozen π_ref = --init
     if cfg.grad_ckpt:
         model.gradient_checkpointing_enable()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = configure_optimizers([{"params": list(model.named_parameters())}], cfg.weight_decay, lr=cfg.lr)
     start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)   # every parameter is used
-    else:
-        wrapped = model
+    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else model
+    return wrapped, ref, opt, start
+
+
+def save_run(cfg: Config, metrics: dict, history: list, log_path: str, stage2: dict, raw, proc, fast, vocab) -> None:
+    """The GRPO checkpoint (sft.py's layout plus metrics.json, grpo_config.json, the Stage-2 split it trained on)
+    and the round log."""
+    save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
+                                                      "stage2.json": stage2})
+    write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
+
+
+@exits_on_bad_files("grpo.py")
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    check(cfg, world_size)
+    sizes = Sizes.of(cfg, world_size)
+    stage2 = read_stage2_of(cfg.init)
+    model, proc, fast, vocab = load_backbone(cfg.init, cfg.trust_remote_code)
+    tok = proc.tokenizer
+    tok.padding_side = "left"                                  # generation appends on the right
+    t0 = time.time()
+    prompts, val, frames = load_prompts(cfg, stage2, fast)
+    wrapped, ref, opt, start = build_policy(cfg, model, device, ddp)
     raw = model                                                     # unwrapped handle: sampling, no-grad scoring, saving
     G, banned, eos = cfg.group, suppressed_ids(tok, model), tok.convert_tokens_to_ids("<|im_end|>")
-    total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)
-    updates = cfg.rollout_batch // cfg.update_batch                # optimizer steps per pass over a rollout batch
-    on_policy = cfg.mu == 1 and updates == 1
+    total = cfg.steps or -(-len(prompts) // cfg.rollout_batch)     # rounds: one pass over the prompts by default
     gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_k=0, top_p=cfg.top_p,
                            max_new_tokens=cfg.max_new_tokens, suppress_tokens=banned,
                            eos_token_id=eos, pad_token_id=tok.pad_token_id)
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda")
-    dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
     if master:
+        dtype = "bf16 autocast (GPU)" if autocast["enabled"] else "fp32 (CPU: bf16 autocast is slow and lossy here)"
         print(f"grpo.py | device {device} × {world_size} | {dtype} | {sum(p.numel() for p in raw.parameters()) / 1e6:.2f} M "
-              f"parameters, all trained | round = {cfg.rollout_batch} prompts × G {G} = {cfg.rollout_batch * G} "
-              f"completions ({cfg.rollout_batch // world_size} prompts per rank) | {updates} optimizer step(s) of "
-              f"{cfg.update_batch} prompts × μ {cfg.mu} per round, micro-batch {cfg.micro_batch} | {total} rounds | "
-              f"π_old {'= detached π_θ (on-policy)' if on_policy else 'recomputed'} | reference "
-              f"{'loaded (β %g)' % cfg.beta if ref else 'none (β 0)'} | {len(prompts)} Stage-2 prompts from "
-              f"{len(stage2['episodes'])} episodes | {len(val)} held-out | data {time.time() - t0:.1f}s")
+              f"parameters, all trained | {plan(cfg, sizes, total, ref, prompts, stage2, val)} | data {time.time() - t0:.1f}s")
 
     metrics, history, before_rows = {"before": None}, [], None
     log_path, before_path = os.path.join(cfg.out, "metrics.jsonl"), os.path.join(cfg.out, "resume", "before.json")
     if master:
-        os.makedirs(cfg.out, exist_ok=True)
-        if start and os.path.isfile(log_path):                 # resume: keep the log up to the saved round
-            with open(log_path) as f:
-                history = [x for x in map(json.loads, filter(str.strip, f)) if x["round"] <= start]
-        if cfg.eval and start and os.path.isfile(before_path):
-            with open(before_path) as f:
-                metrics["before"], before_rows = json.load(f)
-        elif cfg.eval and not start:
-            metrics["before"], before_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
-        write_jsonl(log_path, history)
+        history, metrics["before"], before_rows = start_log(cfg, start, log_path, before_path, raw, proc, vocab, fast,
+                                                            val, frames)
     if ddp:
         dist.barrier()                                        # the other ranks wait for rank 0's evaluation
 
@@ -442,7 +542,6 @@ def main(cfg: Config) -> dict:
         raw.train()
         t_sample = time.time() - t_round
         mask = completion_mask(completion, eos)                               # [N, C]
-        N, C = completion.shape
 
         # 2. rewards and group-normalised advantages, computed where the group lives
         R = score_completions(completion.cpu(), mask.cpu(), mine, tok, vocab, fast, cfg)      # [N, 3]
@@ -450,32 +549,16 @@ def main(cfg: Config) -> dict:
         adv = adv.reshape(-1).to(device)                                       # [N]
 
         # 3. π_old / π_ref log-probs, then μ passes of clipped policy-gradient steps (through the DDP wrapper)
-        acc = optimize(cfg, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
+        acc = optimize(cfg, sizes, wrapped, opt, batch, completion, mask, adv, ref, banned, world_size)
 
-        # 4. metrics, summed over ranks: every figure below is over the whole round
-        r = R[:, 0]
-        s = torch.tensor([float(x) for x in (r.sum(), (r ** 2).sum(), R[:, 1].sum(), R[:, 2].sum(), N, flat.sum(), len(flat),
-                          mask.sum(), (completion == eos).any(1).sum(), *acc.tolist())], device=device)
-        if ddp:
-            dist.all_reduce(s)
-        s = s.tolist()
-        n, tokens, n_steps = s[4], s[7], cfg.mu * updates * world_size   # every rank adds each step's figures
-        line = {"round": step + 1, "reward": s[0] / n, "reward_std": max(s[1] / n - (s[0] / n) ** 2, 0) ** 0.5,
-                "r_f": s[2] / n, "r_a": s[3] / n, "zero_spread": s[5] / s[6], "length": tokens / n,
-                "finished": s[8] / n, "entropy": s[9] / max(s[13], 1), "kl": s[10] / max(s[13], 1) if ref else None,
-                "clip_frac": s[11] / max(s[13], 1), "loss": s[12] / n_steps, "grad_norm": s[14] / n_steps,
-                "tok_s": tokens / (time.time() - t_round), "s_sample": t_sample, "s_round": time.time() - t_round,
-                "cpu_s_round": time.process_time() - cpu_round}         # CPU seconds: robust on a shared machine
+        # 4. metrics: this rank's sums by name, summed over ranks in one all-reduce: every figure is the round's
+        s = all_reduce_sums({**rollout_sums(R, flat, completion, mask, eos), **acc}, device, ddp)
+        line = round_line(s, step, n_steps=sizes.steps_per_round, with_kl=ref is not None)
+        line.update({"tok_s": s["rollout/tokens"] / (time.time() - t_round), "s_sample": t_sample,
+                     "s_round": time.time() - t_round, "cpu_s_round": time.process_time() - cpu_round})   # CPU s: robust on a shared machine
         if master:
             history.append(line)
-            with open(log_path, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            bar.set_postfix(r=f"{line['reward']:.3f}", r_a=f"{line['r_a']:.3f}", r_f=f"{line['r_f']:.2f}",
-                            flat=f"{line['zero_spread']:.2f}", len=f"{line['length']:.0f}", tok_s=f"{line['tok_s']:.0f}")
-            if cfg.sample_every and (step + 1) % cfg.sample_every == 0:
-                c = completion[0, :int(mask[0].sum())].tolist()
-                bar.write(f"round {step + 1} sample (r {R[0, 0]:.2f}, r_f {R[0, 1]:.0f}, r_a {R[0, 2]:.2f}; target "
-                          f"{len(mine[0].actions)} action tokens): {mine[0].prompt!r}\n  → {tok.decode(c)}")
+            log_round(cfg, step, line, log_path, bar, R, completion, mask, mine, tok)
         if master and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             save_resume(raw, opt, step + 1, cfg.out)
             if before_rows is not None:
@@ -487,17 +570,8 @@ def main(cfg: Config) -> dict:
         metrics.update({"rounds": total, "seconds": round(train_time, 1), "s_per_round": train_time / max(1, total - start),
                         "config": asdict(cfg), "last": history[-1] if history else None})
         if cfg.eval:
-            metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-            metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
-            if before_rows is not None:                  # paired over the same held-out prompts
-                metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows
-                                     if k in before_rows}
-            for k in ("after", "after_image_shuffle", "change"):
-                if k in metrics:
-                    print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
-        save_checkpoint(raw, proc, fast, vocab, cfg.out, {"metrics.json": metrics, "grpo_config.json": asdict(cfg),
-                                                          "stage2.json": stage2})
-        write_jsonl(log_path, history)                   # save_checkpoint replaced the directory
+            final_evaluation(cfg, metrics, before_rows, raw, proc, vocab, fast, val, frames)
+        save_run(cfg, metrics, history, log_path, stage2, raw, proc, fast, vocab)
         print(f"wrote {cfg.out} ({train_time:.0f}s of GRPO, {train_time / max(1, total - start):.2f} s/round)")
     if ddp:
         dist.barrier()

@@ -1,6 +1,6 @@
 """Representation probe (paper Tab. 8): does a backbone's hidden state tell where the robot is in its task?
 
-Reads one or more backbone dirs (`--backbones`, loaded with `sft.load_backbone`) and a demonstration set
+Reads one or more backbone dirs (`--backbones`, loaded with `model.load_backbone`) and a demonstration set
 (`--data`); writes `--out DIR`: `metrics.json` (every figure below, per backbone and label) and `results.md`
 (the same as a Markdown table).
 
@@ -37,7 +37,6 @@ backbone) scales accordingly.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -47,8 +46,10 @@ import torch
 from tqdm import tqdm
 
 from data.demos import DemoDataset
-from fast_tokenizer import arg, parse_config as flags_from
-from sft import load_backbone, task_worlds
+import config
+from config import arg, exits_on_bad_files, write_json, write_text
+from model import load_backbone
+from sft import task_worlds
 from vla_train import default_layer, encode, vla_prompt
 
 
@@ -64,15 +65,15 @@ class Config:
     k: int = arg(10, "neighbours per query (majority vote; ties go to the label with the nearest members)")
     center: bool = arg(True, "subtract the memory's mean feature before cosine similarity")
     frame_stride: int = arg(4, "use every k-th frame of each episode")
-    suites: str = arg("", "comma-separated suites to probe ('' = all in --demos)")
+    suites: str = arg("", "comma-separated suites to probe ('' = all in --data)")
     pos_tol: float = arg(0.03, "position label: per-axis dead band in metres (|Δ| below it = centred)")
-    n_boot: int = arg(1000, "bootstrap resamples over query episodes for the 95 %% interval")
+    n_boot: int = arg(1000, "bootstrap resamples over query episodes for the 95 % interval")
     batch: int = arg(32, "frames per backbone forward")
     seed: int = arg(0, "seed of the shuffled control and the bootstrap")
 
 
 def parse_config(argv=None) -> Config:
-    return flags_from(argv, Config, __doc__)              # the flag generator fast_tokenizer.py defines
+    return config.parse_config(Config, argv, __doc__)
 
 
 LABELS = ("phase", "position")
@@ -207,12 +208,6 @@ def bootstrap_ci(correct, groups, n_boot: int = 1000, seed: int = 0) -> list:
 
 
 # ----------------------------------------------------------------------------- output
-def write_atomic(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
 def fmt_ci(v) -> str:
     return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
 
@@ -235,6 +230,7 @@ def markdown(metrics: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- main
+@exits_on_bad_files("knn_probe.py")
 def main(cfg: Config) -> dict:
     check(cfg)
     t0 = time.time()
@@ -292,8 +288,8 @@ def main(cfg: Config) -> dict:
         feat = model = proc = None                      # free this backbone before loading the next
     metrics["seconds"] = round(time.time() - t0, 1)
     os.makedirs(cfg.out, exist_ok=True)
-    write_atomic(os.path.join(cfg.out, "metrics.json"), json.dumps(metrics, indent=1))
-    write_atomic(os.path.join(cfg.out, "results.md"), markdown(metrics))
+    write_json(os.path.join(cfg.out, "metrics.json"), metrics)
+    write_text(os.path.join(cfg.out, "results.md"), markdown(metrics))
     print(markdown(metrics))
     print(f"wrote {cfg.out} ({metrics['seconds']:.0f}s)")
     return metrics

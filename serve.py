@@ -64,7 +64,8 @@ import websockets
 from websockets.asyncio.server import serve as ws_serve
 from websockets.sync.client import connect as ws_connect
 
-from fast_tokenizer import arg, parse_config as flags_from
+import config
+from config import arg, exits_on_bad_files
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    return flags_from(argv, Config, __doc__)              # the flag generator fast_tokenizer.py defines
+    return config.parse_config(Config, argv, __doc__)
 
 
 def fail(msg: str):
@@ -438,6 +439,7 @@ def load_checkpoint(path: str, device: str = "auto", seed: int = 7):
     return Policy.load(path, device)
 
 
+@exits_on_bad_files("serve.py")
 def main(cfg: Config) -> None:
     policy = load_checkpoint(cfg.policy, cfg.device, cfg.seed)
     server = PolicyServer(policy, cfg.host, cfg.port, cfg.max_batch, cfg.max_wait_ms, int(cfg.max_message_mb * 2**20))

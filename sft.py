@@ -4,8 +4,7 @@ Reads a backbone (`--model`), the demonstrations (`--data`: any format data.demo
 tokenizer; writes `--out DIR`: a checkpoint `from_pretrained` loads (safetensors), the processor,
 `fast_tokenizer.json`, `action_vocab.json`, `stage2.json` (demo episodes reserved for GRPO) and `metrics.json`.
 
-The vocabulary gains <ACTION_START>, <ACTION_END> and one token <act_i> per FAST id (new embedding rows start
-at the mean of the old ones, so a new token's logit starts at the average instead of a random extreme). The
+The vocabulary gains <ACTION_START>, <ACTION_END> and one token <act_i> per FAST id (model.add_action_vocab). The
 answer format is RoboAlign's:  <think>…</think><answer><ACTION_START><act_…>…<ACTION_END></answer>.
 Three data kinds, mixed by `--mix`: embodied VQA, reasoning → FAST, plain FAST generation (data/prompts.py).
 VQA and captions need mini-LIBERO's privileged world state; on real datasets (LIBERO HDF5, LeRobot, BridgeV2)
@@ -20,14 +19,8 @@ those kinds are skipped with a note and the reasoning is built from the instruct
     python sft.py --model out/sft --episodes stage2 --mix reason=1 --steps 0 --epochs 1 --out out/ecot
         # the ECoT-style control (paper Tab. 7): one more SFT epoch on GRPO's prompts, reasoning targets
 
-The tiny backbone. The paper starts from Qwen2.5-VL-7B-Instruct, which already sees. A 4 M-parameter model
-trained from scratch does not (calibration-notes.md): its merged image tokens become a large near-constant
-block the language model ignores. `--model tiny` therefore builds a small Qwen2.5-VL *plus a vision adapter*
-(per image: subtract the mean over its tokens, divide by its RMS, scale by a learnable per-channel gain that
-starts at the text-embedding scale, add a learnable position table), and the pretraining command above
-(VQA whose answers only the image gives, plus FAST generation) stands in for the paper's pretrained MLLM. Its
-output, `assets/tiny-vl`, ships with the repository. Plain `transformers` loads it as a Qwen2.5-VL but drops the
-adapter (a warning names its weights); `load_backbone` below restores it. Real Qwen checkpoints need no adapter.
+The tiny backbone (`--model tiny`, and `assets/tiny-vl` which ships with the repository) is a small Qwen2.5-VL
+plus a vision adapter, pretrained by the second command above; model.py's docstring says why it needs one.
 
 Full-size recipe (paper: Qwen2.5-VL-7B-Instruct, 2.28 M samples, frozen vision encoder, lr 2e-5 cosine,
 warmup 0.03, 1 epoch; 8× H200 ≈ 30 h). fp32 AdamW needs 16 bytes a parameter, 112 GB for 7 B: one GPU cannot
@@ -42,37 +35,30 @@ and ranks); AdamW, linear warm-up then cosine decay to 10 %; fp32 on CPU, bf16 o
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import re
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
-from transformers import (PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
-                          Qwen2_5_VLProcessor)
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+import config
+from config import arg, exits_on_bad_files, read_json
 from data import prompts
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.world import Body, World
 from fast_tokenizer import FastTokenizer
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny, configure_optimizers,
+                   full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
+                   parse_actions, prefix_ratio, reset_action_rows, save_checkpoint, save_resume, setup_distributed,
+                   shard)
 
 
 @dataclass
@@ -111,170 +97,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
-
-
-# ----------------------------------------------------------------------------- the backbone
-QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                 "<|image_pad|>", "<|video_pad|>", "<|vision_pad|>"]
-FORMAT_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
-MARKERS = ["<ACTION_START>", "<ACTION_END>"]
-CHAT_TEMPLATE = (   # Qwen's layout without the default system turn (8 tokens per sample saved on the tiny model)
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for c in message['content'] %}{% if c['type'] == 'image' %}"
-    "<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-class ImageOnlyQwenProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL processor for images only: needs neither torchvision nor a video processor."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template)
-
-
-class VisionAdapter(nn.Module):
-    """Per image [n, d] merged tokens → (x − mean) / rms · gain + pos[:n]. Keeps image tokens at the text
-    embeddings' scale and removes the shared component that a from-scratch ViT grows (calibration-notes.md)."""
-
-    def __init__(self, dim: int, max_tokens: int = 256):
-        super().__init__()
-        self.gain = nn.Parameter(torch.full((dim,), 0.02))
-        self.pos = nn.Parameter(torch.randn(max_tokens, dim) * 0.02)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x - x.mean(0, keepdim=True)
-        x = x / (x.pow(2).mean().sqrt() + 1e-6)
-        return x * self.gain + self.pos[: x.shape[0]]
-
-
-class AdaptedQwenVLModel(Qwen2_5_VLModel):
-    def __init__(self, config):
-        super().__init__(config)
-        self.vision_adapter = VisionAdapter(config.text_config.hidden_size)
-
-    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs):
-        out = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
-        out.pooler_output = tuple(self.vision_adapter(f) for f in out.pooler_output)
-        return out
-
-
-class TinyQwenVL(Qwen2_5_VLForConditionalGeneration):
-    """Qwen2.5-VL with the vision adapter (the tiny from-scratch backbone only)."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        self.model = AdaptedQwenVLModel(config)
-        self.post_init()
-
-
-def train_text_tokenizer(sentences, n_actions: int, text_vocab: int = 1024) -> PreTrainedTokenizerFast:
-    """Byte-level BPE on the world's text + Qwen's specials + format tokens + the action vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=text_vocab, special_tokens=QWEN_SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(sentences, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS[1:] + FORMAT_TOKENS})
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-def tiny_model(tok) -> TinyQwenVL:
-    ids = {t: tok.convert_tokens_to_ids(t) for t in QWEN_SPECIALS}
-    hd = 64                                                   # head dim; mrope_section must sum to hd / 2
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=256, intermediate_size=768, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=ids["<|im_end|>"],
-                         pad_token_id=ids["<|endoftext|>"], tie_word_embeddings=True,
-                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                          "mrope_section": [hd // 8, 3 * hd // 16, 3 * hd // 16]}),
-        vision_config=dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
-                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                           fullatt_block_indexes=[1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-        tie_word_embeddings=True)
-    cfg.vision_adapter = True
-    return TinyQwenVL(cfg)
-
-
-def add_action_vocab(model, tok, n_actions: int) -> dict:
-    """Add <ACTION_START>, <ACTION_END>, <act_0..n-1>; new embedding rows = mean of the old rows."""
-    old = len(tok)
-    tok.add_tokens(MARKERS, special_tokens=True)
-    tok.add_tokens([f"<act_{i}>" for i in range(n_actions)], special_tokens=True)
-    emb = model.get_input_embeddings().weight
-    mean = emb.data[:old].mean(0)
-    model.resize_token_embeddings(len(tok), mean_resizing=False)
-    with torch.no_grad():
-        model.get_input_embeddings().weight[old:] = mean
-    return action_vocab(tok, n_actions)
-
-
-def reset_action_rows(model, vocab: dict) -> None:
-    """Re-initialise the <act_i> input (and, if untied, output) rows to the mean of the text rows."""
-    lo, hi = vocab["act_offset"], vocab["act_offset"] + vocab["n_actions"]
-    with torch.no_grad():
-        for w in {id(m.weight): m.weight for m in (model.get_input_embeddings(), model.get_output_embeddings())}.values():
-            w[lo:hi] = w[:vocab["action_start"]].mean(0)        # text rows: everything before the markers
-
-
-def action_vocab(tok, n_actions: int) -> dict:
-    first = tok.convert_tokens_to_ids("<act_0>")
-    ids = tok.convert_tokens_to_ids([f"<act_{i}>" for i in range(n_actions)])
-    if first is None or first == tok.unk_token_id or ids != list(range(first, first + n_actions)):
-        raise SystemExit("sft.py: the checkpoint's tokenizer has no contiguous <act_i> action vocabulary")
-    return {"n_actions": n_actions, "act_offset": first, "action_start": tok.convert_tokens_to_ids("<ACTION_START>"),
-            "action_end": tok.convert_tokens_to_ids("<ACTION_END>")}
-
-
-def load_backbone(path: str, trust_remote_code: bool = False, need_actions: bool = True, dtype=torch.float32):
-    """(model, processor, fast tokenizer or None, action vocab or None) from a checkpoint dir or hub id."""
-    local = os.path.isdir(path)
-    if not local and os.path.sep in path and not re.fullmatch(r"[\w.-]+/[\w.-]+", path):
-        raise SystemExit(f"sft.py: --model {path}: no such checkpoint directory")
-    try:
-        cfg = Qwen2_5_VLConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        cls = TinyQwenVL if getattr(cfg, "vision_adapter", False) else Qwen2_5_VLForConditionalGeneration
-        model = cls.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        proc = ImageOnlyQwenProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"sft.py: cannot load a Qwen2.5-VL checkpoint from {path!r}: {str(e).splitlines()[0]}")
-    fast = FastTokenizer.load(os.path.join(path, "fast_tokenizer.json")) if local and \
-        os.path.isfile(os.path.join(path, "fast_tokenizer.json")) else None
-    vocab = None
-    if local and os.path.isfile(os.path.join(path, "action_vocab.json")):
-        with open(os.path.join(path, "action_vocab.json")) as f:
-            vocab = json.load(f)
-    if need_actions and (vocab is None or fast is None):
-        raise SystemExit(f"sft.py: {path} has no action vocabulary (action_vocab.json + fast_tokenizer.json); "
-                         f"run sft.py on it first")
-    return model, proc, fast, vocab
-
-
-def build_tiny(corpus: list[str], fast: FastTokenizer):
-    tok = train_text_tokenizer(corpus, fast.vocab_size)
-    ip = Qwen2VLImageProcessorPil(size={"shortest_edge": 56 * 56, "longest_edge": 112 * 112}, patch_size=14,
-                                  temporal_patch_size=2, merge_size=2)
-    model = tiny_model(tok)
-    vocab = add_action_vocab(model, tok, fast.vocab_size)
-    tok.padding_side = "left"
-    return model, ImageOnlyQwenProcessor(image_processor=ip, tokenizer=tok, chat_template=CHAT_TEMPLATE), vocab
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- samples
@@ -391,31 +214,6 @@ ANSWER_RE = {"reason": re.compile(r"^<think>(.+?)</think><answer>(.*?)</answer>"
              "fast": re.compile(r"^<answer>(.*?)</answer>", re.S)}
 
 
-def parse_actions(ids: list[int], vocab: dict) -> list[int] | None:
-    """FAST ids strictly between the first <ACTION_START> and the next <ACTION_END>; None if absent."""
-    s, e = vocab["action_start"], vocab["action_end"]
-    if s not in ids:
-        return None
-    rest = ids[ids.index(s) + 1:]
-    if e not in rest:
-        return None
-    lo, n = vocab["act_offset"], vocab["n_actions"]
-    body = rest[: rest.index(e)]
-    return [t - lo for t in body] if all(lo <= t < lo + n for t in body) else None
-
-
-def prefix_ratio(gen: list[int] | None, target: list[int]) -> float:
-    """RoboAlign's r_a: longest exact-match prefix / target length (0 if the first token differs or no answer)."""
-    if not gen or not target:
-        return 0.0
-    n = 0
-    for a, b in zip(gen, target):
-        if a != b:
-            break
-        n += 1
-    return n / len(target)
-
-
 def mean_ci(x) -> list:
     """[mean, low, high]: the mean with a normal-approximation 95 % interval over prompts."""
     x = np.asarray(x, float)
@@ -498,19 +296,6 @@ def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch
 
 
 # ----------------------------------------------------------------------------- training
-def setup_distributed(seed: int):
-    """torchrun sets RANK/WORLD_SIZE; plain `python sft.py` runs one process. nccl on CUDA, gloo on CPU."""
-    ddp = "RANK" in os.environ
-    rank, world, local = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])) if ddp else (0, 1, 0)
-    device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    if ddp:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    torch.manual_seed(seed + rank)
-    return ddp, rank, world, device
-
-
 KINDS = ("caption", "vqa", "reason", "fast")
 
 
@@ -554,14 +339,41 @@ def reserved_episodes(model: str, demos: str) -> list[int]:
     path = os.path.join(model, "stage2.json")
     if not os.path.isfile(path):
         raise SystemExit(f"sft.py: --episodes stage2 needs {path}: pass an sft.py checkpoint as --model")
-    with open(path) as f:
-        st = json.load(f)
+    st = read_stage2(path)
     reserved_from = st.get("data") or st.get("demos")              # "demos": checkpoints from before --data
     if os.path.abspath(reserved_from) != os.path.abspath(demos):
         raise SystemExit(f"sft.py: {path} reserves episodes of {reserved_from}, not of --data {demos}")
     if not st["episodes"]:
         raise SystemExit(f"sft.py: {path} reserves no episodes (that SFT ran with --stage2-frac 0)")
     return st["episodes"]
+
+
+def read_stage2(path: str) -> dict:
+    """stage2.json of an sft.py checkpoint: {"data": dir, "episodes": [ids], ...}; CheckpointError if malformed."""
+    st = read_json(path)
+    if not isinstance(st, dict) or not isinstance(st.get("episodes"), list) or not (st.get("data") or st.get("demos")):
+        raise CheckpointError(f"{path}: expected a JSON object with 'data' and a list of 'episodes' (sft.py writes it)")
+    return st
+
+
+def choose_episodes(cfg: Config, ds) -> tuple[list, list, list]:
+    """(train, GRPO reserve, val) episodes: --episodes split holds out --stage2-frac of the train split for GRPO;
+    --episodes stage2 trains on exactly the reserve --model's stage2.json names (the ECoT-style control)."""
+    train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
+    if cfg.episodes == "stage2":                                   # the reserve travels on to this run's stage2.json
+        train_eps = stage2_eps = reserved_episodes(cfg.model, cfg.data)
+    elif cfg.episodes != "split":
+        raise SystemExit(f"sft.py: --episodes {cfg.episodes!r}: choose split or stage2")
+    return train_eps, stage2_eps, val_eps
+
+
+def accumulation_steps(cfg: Config, world_size: int) -> int:
+    """Micro-steps per optimizer step: the global batch is fixed, accumulation is derived (and must divide)."""
+    micro_steps = cfg.global_batch // (cfg.micro_batch * world_size)
+    if micro_steps < 1 or cfg.global_batch != micro_steps * cfg.micro_batch * world_size:
+        raise SystemExit(f"sft.py: --global-batch {cfg.global_batch} must be a multiple of --micro-batch × ranks "
+                         f"({cfg.micro_batch} × {world_size})")
+    return micro_steps
 
 
 def load_fast(cfg: Config, model_fast):
@@ -573,124 +385,24 @@ def load_fast(cfg: Config, model_fast):
         path = "out/fast/fast_tokenizer.json"
     if not os.path.isfile(path):
         raise SystemExit(f"sft.py: no FAST tokenizer at {path} (run fast_tokenizer.py, or pass --fast)")
-    return FastTokenizer.load(path)
+    return load_fast_tokenizer(path)
 
 
-def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict, state_dict=None) -> None:
-    """Everything the next stage needs, written to out.tmp and renamed: never half-written. state_dict: the
-    full weights when `model` itself is sharded (FSDP; see full_state)."""
-    tmp = out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    proc.save_pretrained(tmp)
-    if fast is not None:                                            # None: a backbone without actions (vla_train.py)
-        fast.save(os.path.join(tmp, "fast_tokenizer.json"))
-    for name, obj in (({"action_vocab.json": vocab} if vocab is not None else {}) | extra).items():
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(obj, f, indent=1)
-    if os.path.isdir(out):
-        keep = os.path.join(out, "resume")                          # keep the resume state across the swap
-        if os.path.isdir(keep):
-            shutil.move(keep, os.path.join(tmp, "resume"))
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+def load_model(cfg: Config, ds, train_eps: list[int], device, master: bool):
+    """(model on `device`, processor, FAST tokenizer, action vocab), ready to train (--freeze-vision, --grad-ckpt)."""
+    model, proc, fast, vocab = build_or_load(cfg, ds, train_eps, master)
+    proc.tokenizer.padding_side = "left"
+    model.to(device)
+    if cfg.freeze_vision:
+        model.model.visual.requires_grad_(False)
+    if cfg.grad_ckpt:
+        model.gradient_checkpointing_enable()
+    return model, proc, fast, vocab
 
 
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def tied_aliases(model) -> set:
-    """Names of parameters that are another name's tensor too (the LM head tied to the embedding)."""
-    first, alias = {}, set()
-    for n, p in model.named_parameters(remove_duplicate=False):
-        if first.setdefault(id(p), n) != n:
-            alias.add(n)
-    return alias
-
-
-def full_state(model, opt=None):
-    """Unsharded CPU state dicts {name: tensor} of the model, tied weights once (the embedding, not the LM head),
-    and of AdamW, keyed by parameter name. Plain and DDP-unwrapped modules: local, any rank may call. FSDP: a
-    collective, every rank must call; rank 0 gets them."""
-    alias = tied_aliases(model)
-    msd = {k: v for k, v in get_model_state_dict(model, options=FULL).items() if k not in alias}
-    return (msd, get_optimizer_state_dict(model, opt, options=FULL)) if opt is not None else msd
-
-
-def save_resume(model, opt, step: int, out: str, state=None) -> None:
-    """model + AdamW state + step to out/resume (safetensors and JSON, renamed into place). state: full_state()
-    already gathered (FSDP: every rank gathers, rank 0 calls this)."""
-    from safetensors.torch import save_file
-    msd, osd = state or full_state(model, opt)
-    d, tmp = os.path.join(out, "resume"), os.path.join(out, "resume.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file({k: v.contiguous() for k, v in msd.items()}, os.path.join(tmp, "model.safetensors"))
-    st = {f"{name}::{k}": v.reshape(-1) if v.dim() == 0 else v       # safetensors has no 0-d tensors
-          for name, s in osd["state"].items() for k, v in s.items() if torch.is_tensor(v)}
-    save_file(st, os.path.join(tmp, "optim.safetensors"))
-    with open(os.path.join(tmp, "step.json"), "w") as f:
-        json.dump({"step": step}, f)
-    shutil.rmtree(d, ignore_errors=True)
-    os.replace(tmp, d)
-
-
-def load_resume(model, opt, out: str) -> int:
-    """The step saved in out/resume (0 if none), after loading its weights and AdamW state into model and opt
-    (under FSDP every rank calls this and keeps its own shard)."""
-    from safetensors.torch import load_file
-    d = os.path.join(out, "resume")
-    if not os.path.isdir(d):
-        return 0
-    missing, unexpected = set_model_state_dict(model, load_file(os.path.join(d, "model.safetensors")),
-                                               options=StateDictOptions(full_state_dict=True, strict=False))
-    lost = set(missing) - tied_aliases(model)                       # only a tied alias may be absent
-    if unexpected or lost:
-        raise SystemExit(f"{d}: resume state does not fit this model (missing {sorted(lost)[:3]}, "
-                         f"unexpected {sorted(unexpected)[:3]})")
-    state = {}
-    for key, v in load_file(os.path.join(d, "optim.safetensors")).items():
-        name, k = key.rsplit("::", 1)
-        state.setdefault(name, {})[k] = v.reshape(()) if k == "step" else v
-    groups = get_optimizer_state_dict(model, opt)["param_groups"]   # this run's hyper-parameters, every rank
-    set_optimizer_state_dict(model, opt, {"state": state, "param_groups": groups},
-                             options=StateDictOptions(full_state_dict=True))
-    with open(os.path.join(d, "step.json")) as f:
-        return json.load(f)["step"]
-
-
-def lr_at(step: int, total: int, warmup: float) -> float:
-    """Linear warm-up over `warmup`·total steps, then cosine decay to 10 % of the peak."""
-    w = max(1, int(warmup * total))
-    if step < w:
-        return (step + 1) / w
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - w) / max(1, total - w)))
-
-
-def shard(model) -> None:
-    """FSDP2 in place: each ViT block and each decoder layer is one unit (its weights are gathered just for its
-    own forward and backward); the vision tower (patch embed, merger) and the tiny model's adapter are units too,
-    because `generate` encodes the image outside the root's forward; the root holds the rest (embeddings and
-    the tied LM head)."""
-    adapter = getattr(model.model, "vision_adapter", None)
-    for unit in [*model.model.visual.blocks, model.model.visual, *model.model.language_model.layers, adapter, model]:
-        if unit is not None:
-            fully_shard(unit)
-
-
-def main(cfg: Config) -> dict:
-    ddp, rank, world_size, device = setup_distributed(cfg.seed)
-    master = rank == 0
-    fsdp = ddp and cfg.fsdp                                        # one process: nothing to shard
-    runs_model = master or fsdp             # evaluates, gathers and saves the model: every rank when it is sharded
-    mix = parse_mix(cfg.mix)
-    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
-    mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
-    train_eps, stage2_eps, val_eps = split_episodes(ds, cfg.stage2_frac, cfg.seed)
-    if cfg.episodes == "stage2":          # ECoT-style control: SFT on exactly GRPO's prompts; the reserve travels on
-        train_eps = stage2_eps = reserved_episodes(cfg.model, cfg.data)
-    elif cfg.episodes != "split":
-        raise SystemExit(f"sft.py: --episodes {cfg.episodes!r}: choose split or stage2")
+def build_or_load(cfg: Config, ds, train_eps: list[int], master: bool):
+    """The tiny backbone built from scratch (its text tokenizer trained on this dataset's prompts and answers),
+    or --model loaded and given the action vocabulary."""
     if cfg.model == "tiny":
         fast = load_fast(cfg, None)
         corpus_samples = build_samples(ds, train_eps[:: max(1, len(train_eps) // 60)],
@@ -699,79 +411,147 @@ def main(cfg: Config) -> dict:
                  ["You are a helpful assistant.", "system user assistant"] + [e["language"] for e in ds.episodes]
         torch.manual_seed(cfg.seed)                                 # identical initial weights on every rank
         model, proc, vocab = build_tiny(corpus, fast)
-    else:
-        model, proc, model_fast, vocab = load_backbone(cfg.model, cfg.trust_remote_code, need_actions=False)
-        fast = load_fast(cfg, model_fast)
-        if vocab is None:
-            vocab = add_action_vocab(model, proc.tokenizer, fast.vocab_size)
-        elif vocab["n_actions"] != fast.vocab_size:
-            raise SystemExit(f"sft.py: the checkpoint has {vocab['n_actions']} action tokens, the FAST tokenizer {fast.vocab_size}")
-        elif model_fast is not None and fast.to_dict() != model_fast.to_dict():
-            reset_action_rows(model, vocab)          # same ids, new meanings: what the rows learnt is wrong now
-            if master:
-                print(f"sft.py: --fast differs from {cfg.model}'s FAST tokenizer: action embeddings re-initialised")
-    proc.tokenizer.padding_side = "left"
-    model.to(device)
-    if cfg.freeze_vision:
-        model.model.visual.requires_grad_(False)
-    if cfg.grad_ckpt:
-        model.gradient_checkpointing_enable()
+        return model, proc, fast, vocab
+    model, proc, model_fast, vocab = load_backbone(cfg.model, cfg.trust_remote_code, need_actions=False)
+    fast = load_fast(cfg, model_fast)
+    if vocab is None:
+        vocab = add_action_vocab(model, proc.tokenizer, fast.vocab_size)
+    elif vocab["n_actions"] != fast.vocab_size:
+        raise SystemExit(f"sft.py: the checkpoint has {vocab['n_actions']} action tokens, the FAST tokenizer {fast.vocab_size}")
+    elif model_fast is not None and fast.to_dict() != model_fast.to_dict():
+        reset_action_rows(model, vocab)          # same ids, new meanings: what the rows learnt is wrong now
+        if master:
+            print(f"sft.py: --fast differs from {cfg.model}'s FAST tokenizer: action embeddings re-initialised")
+    return model, proc, fast, vocab
 
-    t0 = time.time()
-    train = build_samples(ds, train_eps, fast, mix, cfg.seed)
-    val = []                                                        # eval_prompts held-out prompts per kind
+
+def held_out(cfg: Config, ds, val_eps: list[int], fast, eval_kinds: list) -> list[Sample]:
+    """--eval-prompts held-out prompts per evaluated kind, the same for every run with the same data."""
+    val = []
     for k in eval_kinds:
         vk = build_samples(ds, val_eps, fast, {k: 1.0}, cfg.seed + 1)
         val += [vk[i] for i in np.random.default_rng(0).permutation(len(vk))[: cfg.eval_prompts]]
-    frames = Frames(ds, sorted(set(train_eps) | set(val_eps)))
+    return val
 
-    micro_steps = cfg.global_batch // (cfg.micro_batch * world_size)
-    if micro_steps < 1 or cfg.global_batch != micro_steps * cfg.micro_batch * world_size:
-        raise SystemExit(f"sft.py: --global-batch {cfg.global_batch} must be a multiple of --micro-batch × ranks "
-                         f"({cfg.micro_batch} × {world_size})")
-    total = cfg.steps or max(1, int(cfg.epochs * len(train) / cfg.global_batch))
+
+def banner(cfg: Config, device, world_size: int, parallel: str, model, micro_steps: int, train, mix, val, stage2_eps,
+           data_s: float) -> str:
+    """The start-up line: device and dtype (with the reason), size, how the global batch splits, the data."""
+    dtype = "bf16 autocast (GPU)" if cfg.bf16 and device.type == "cuda" else "fp32 (CPU: bf16 autocast is slow and lossy here)"
+    return (f"sft.py | device {device} × {world_size} ({parallel}) | {dtype} | "
+            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters | "
+            f"batch {cfg.global_batch} = {cfg.micro_batch} micro × {micro_steps} accum × {world_size} ranks | "
+            f"{len(train)} train samples {dict((k, sum(s.kind == k for s in train)) for k in mix)} | "
+            f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {data_s:.1f}s")
+
+
+def step_inputs(cfg: Config, train: list[Sample], step: int, rank: int, world_size: int, micro_steps: int, frames,
+                proc, vocab) -> list[dict]:
+    """This rank's micro-batches of step `step`: the global batch is drawn from (seed, step) alone, identical on
+    every rank (so --resume replays it), and rank r takes every world_size-th sample from r."""
+    idx = np.random.default_rng([cfg.seed, step]).choice(len(train), cfg.global_batch, replace=False)
+    mine = [train[i] for i in idx[rank::world_size]]
+    batches = [mine[i * cfg.micro_batch:(i + 1) * cfg.micro_batch] for i in range(micro_steps)]
+    return [collate(b, [frames(s) for s in b], proc, vocab) for b in batches]
+
+
+def all_sum(x: float, ddp: bool) -> float:
+    """x summed over the ranks (x itself in one process)."""
+    if not ddp:
+        return float(x)
+    t = torch.tensor(float(x))
+    dist.all_reduce(t)
+    return t.item()
+
+
+def make_optimizer(cfg: Config, model):
+    """AdamW with the vision tower and adapter in their own groups at lr · --vision-lr-mult."""
+    is_vision = lambda n: "visual" in n or "vision_adapter" in n
+    named = list(model.named_parameters())
+    return configure_optimizers([{"params": [(n, p) for n, p in named if not is_vision(n)], "lr": cfg.lr},
+                                 {"params": [(n, p) for n, p in named if is_vision(n)], "lr": cfg.lr * cfg.vision_lr_mult}],
+                                cfg.weight_decay, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def build_trainer(cfg: Config, model, device, ddp: bool, fsdp: bool):
+    """(wrapped, opt, start): FSDP2 shards the module in place, DDP wraps it, every loss-bearing forward goes
+    through `wrapped`; AdamW; the step to start from (--resume)."""
     if fsdp:                                                        # before the optimizer: it must see the shards
         shard(model)
-    vision = [p for n, p in model.named_parameters() if ("visual" in n or "vision_adapter" in n) and p.requires_grad]
-    other = [p for n, p in model.named_parameters() if not ("visual" in n or "vision_adapter" in n) and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": other, "lr": cfg.lr},
-                             {"params": vision, "lr": cfg.lr * cfg.vision_lr_mult}],
-                            lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, model)
     start = load_resume(model, opt, cfg.out) if cfg.resume else 0
-    if ddp and not fsdp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    else:
-        wrapped = model                                             # FSDP2 shards the module in place
-    raw = model                                                     # unwrapped handle: saving and generation
-    dtype = "bf16 autocast (GPU)" if cfg.bf16 and device.type == "cuda" else "fp32 (CPU: bf16 autocast is slow and lossy here)"
-    if master:
-        n_par = sum(p.numel() for p in raw.parameters())
-        print(f"sft.py | device {device} × {world_size} ({'FSDP2' if fsdp else 'DDP' if ddp else 'one process'}) | {dtype} | {n_par / 1e6:.2f} M parameters | "
-              f"batch {cfg.global_batch} = {cfg.micro_batch} micro × {micro_steps} accum × {world_size} ranks | "
-              f"{len(train)} train samples {dict((k, sum(s.kind == k for s in train)) for k in mix)} | "
-              f"{len(val)} held-out prompts | {len(stage2_eps)} episodes kept for GRPO | data {time.time() - t0:.1f}s")
+    wrapped = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if ddp and not fsdp else model
+    return wrapped, opt, start
 
-    metrics = {"before": None}
-    if runs_model and start == 0 and cfg.model != "tiny":
-        metrics["before"] = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-        if master:
-            print("before:", {k: round(v[0], 3) for k, v in metrics["before"].items()})
+
+def evaluate_before(cfg: Config, model, proc, vocab, fast, val, frames, master: bool) -> dict:
+    """The held-out figures of the model as loaded (a fresh tiny model skips this: nothing to measure)."""
+    before = evaluate(model, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+    if master:
+        print("before:", {k: round(v[0], 3) for k, v in before.items()})
+    return before
+
+
+def progress_eval(model, proc, vocab, fast, val, frames, max_new_tokens: int) -> str:
+    """A mid-run look at half the held-out prompts, with true and with shuffled images: 'kind/metric a/b ...'."""
+    m = evaluate(model, proc, vocab, fast, val, frames, max_new_tokens)
+    c = evaluate(model, proc, vocab, fast, val, frames, max_new_tokens, shuffle=True)
+    return " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1"))
+
+
+def finish(cfg: Config, raw, proc, fast, vocab, val, frames, metrics: dict, summary: dict, stage2_eps: list[int],
+           fsdp: bool, master: bool) -> None:
+    """Final held-out evaluation (true and shuffled images), then the checkpoint. Under FSDP every rank
+    evaluates and gathers the weights (collectives); rank 0 prints and writes."""
+    after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+    shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+    weights = full_state(raw) if fsdp else None                     # FSDP: gathered by every rank
+    if not master:
+        return
+    metrics.update({"after": after, "after_image_shuffle": shuffled, **summary})
+    print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
+    print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
+    save_checkpoint(raw, proc, fast, vocab, cfg.out, state_dict=weights, extra={
+        "metrics.json": metrics, "stage2.json": {"data": os.path.abspath(cfg.data), "data_format": cfg.data_format,
+                                                 "drop_noops": cfg.drop_noops, "episodes": stage2_eps},
+        "sft_config.json": asdict(cfg)})
+    print(f"wrote {cfg.out} ({summary['seconds']:.0f}s)")
+
+
+@exits_on_bad_files("sft.py")
+def main(cfg: Config) -> dict:
+    ddp, rank, world_size, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    fsdp = ddp and cfg.fsdp                                        # one process: nothing to shard
+    runs_model = master or fsdp             # evaluates, gathers and saves the model: every rank when it is sharded
+    mix = parse_mix(cfg.mix)
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
+    mix, eval_kinds = usable_kinds(ds, mix, cfg.eval_kinds.split(","), master)
+    train_eps, stage2_eps, val_eps = choose_episodes(cfg, ds)
+    model, proc, fast, vocab = load_model(cfg, ds, train_eps, device, master)
+
+    t0 = time.time()
+    train = build_samples(ds, train_eps, fast, mix, cfg.seed)
+    val = held_out(cfg, ds, val_eps, fast, eval_kinds)
+    frames = Frames(ds, sorted(set(train_eps) | set(val_eps)))
+
+    micro_steps = accumulation_steps(cfg, world_size)
+    total = cfg.steps or max(1, int(cfg.epochs * len(train) / cfg.global_batch))
+    wrapped, opt, start = build_trainer(cfg, model, device, ddp, fsdp)
+    raw = model                                                     # unwrapped handle: saving and generation
+    if master:
+        print(banner(cfg, device, world_size, "FSDP2" if fsdp else "DDP" if ddp else "one process", raw, micro_steps,
+                     train, mix, val, stage2_eps, time.time() - t0))
+
+    metrics = {"before": evaluate_before(cfg, raw, proc, vocab, fast, val, frames, master)
+               if runs_model and start == 0 and cfg.model != "tiny" else None}
     history = []
     bar = tqdm(range(start, total), disable=not master, desc="sft", dynamic_ncols=True)
     tok_count, t_last = 0, time.time()
     for step in bar:
-        # the global batch for this step, identical on every rank; rank r takes its own slice
-        rng = np.random.default_rng([cfg.seed, step])
-        idx = rng.choice(len(train), cfg.global_batch, replace=False)
-        mine = [train[i] for i in idx[rank::world_size]]
-        batches = [mine[i * cfg.micro_batch:(i + 1) * cfg.micro_batch] for i in range(micro_steps)]
-        inputs = [collate(b, [frames(s) for s in b], proc, vocab) for b in batches]
+        inputs = step_inputs(cfg, train, step, rank, world_size, micro_steps, frames, proc, vocab)   # micro-batches
         n_tok = sum(int((x["labels"] != -100).sum()) for x in inputs)
-        n_glob = torch.tensor(float(n_tok))
-        if ddp:
-            dist.all_reduce(n_glob)
-        n_norm = n_glob.item() / world_size                           # DDP and FSDP average gradients over ranks
+        n_norm = all_sum(n_tok, ddp) / world_size                   # DDP and FSDP average gradients over ranks
         for g in opt.param_groups:
             g["lr"] = g.setdefault("base_lr", g["lr"]) * lr_at(step, total, cfg.warmup)
         loss_sum = 0.0
@@ -785,10 +565,7 @@ def main(cfg: Config) -> dict:
                 loss = response_loss(wrapped, x, n_norm)
             loss.backward()
             loss_sum += loss.item()
-        if ddp:                                                     # log the global loss, not rank 0's share
-            t = torch.tensor(loss_sum)
-            dist.all_reduce(t)
-            loss_sum = t.item() / world_size
+        loss_sum = all_sum(loss_sum, ddp) / world_size              # log the global loss, not rank 0's share
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.grad_clip)
         opt.step()
@@ -800,11 +577,9 @@ def main(cfg: Config) -> dict:
             bar.set_postfix(loss=f"{loss_sum:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}",
                             tok_s=f"{tok_count * world_size / max(dt, 1e-9):.0f}")
         if runs_model and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < total:
-            m = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens)
-            c = evaluate(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens, shuffle=True)
+            line = progress_eval(raw, proc, vocab, fast, val[::2], frames, cfg.max_new_tokens)
             if master:
-                bar.write(f"step {step + 1} (true / shuffled images): " +
-                          " ".join(f"{k} {v[0]:.3f}/{c[k][0]:.3f}" for k, v in m.items() if not k.endswith("l1")))
+                bar.write(f"step {step + 1} (true / shuffled images): {line}")
         if runs_model and cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total:
             state = full_state(raw, opt)                            # FSDP: gathered by every rank
             if master:
@@ -813,20 +588,10 @@ def main(cfg: Config) -> dict:
     train_time = time.time() - t0
 
     if runs_model:
-        after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-        shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
-        weights = full_state(raw) if fsdp else None                 # FSDP: gathered by every rank
-    if master:
-        metrics.update({"after": after, "after_image_shuffle": shuffled, "loss_first": history[0] if history else None,
-                        "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
-                        "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})
-        print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
-        print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
-        save_checkpoint(raw, proc, fast, vocab, cfg.out, state_dict=weights, extra={
-            "metrics.json": metrics, "stage2.json": {"data": os.path.abspath(cfg.data), "data_format": cfg.data_format,
-                                           "drop_noops": cfg.drop_noops, "episodes": stage2_eps},
-            "sft_config.json": asdict(cfg)})
-        print(f"wrote {cfg.out} ({train_time:.0f}s)")
+        finish(cfg, raw, proc, fast, vocab, val, frames, metrics, stage2_eps=stage2_eps, fsdp=fsdp, master=master, summary={
+            "loss_first": history[0] if history else None,
+            "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
+            "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})
     if ddp:
         dist.barrier()
         dist.destroy_process_group()

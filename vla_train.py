@@ -57,13 +57,11 @@ sized for a few minutes on one core; README.)
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -72,14 +70,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+import config
+from config import arg, exits_on_bad_files, write_json
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.prompts import reasoning_prompt
 from diffusion_head import DiffusionHead, HeadConfig
-from sft import load_backbone, load_resume, save_checkpoint, save_resume, setup_distributed
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
+from model import (configure_optimizers, load_backbone, load_resume, lr_at, save_checkpoint,
+                   save_resume, setup_distributed, swap_into)
 
 
 @dataclass
@@ -100,7 +97,7 @@ class Config:
     frame_stride: int = arg(4, "use every k-th frame of each demo (consecutive frames are near-duplicates)")
     steps: int = arg(2000, "optimizer steps")
     batch: int = arg(256, "global batch (over ranks)")
-    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 %% of the steps")
+    lr: float = arg(1e-3, "AdamW learning rate, cosine-decayed after a warm-up over 3 % of the steps")
     arch: str = arg("mlp", "head denoiser: mlp (pooled condition, residual MLP) | transformer (cross-attention blocks)")
     d_model: int = arg(256, "head width")
     cond_dropout: float = arg(0.0, "dropout on the head's pooled condition while training (--arch mlp)")
@@ -116,15 +113,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        kw = dict(default=f.default, help=f.metadata["help"])
-        if isinstance(f.default, bool):
-            kw["action"] = argparse.BooleanOptionalAction
-        else:
-            kw["type"] = type(f.default)
-        p.add_argument("--" + f.name.replace("_", "-"), **kw)
-    return Config(**vars(p.parse_args(argv)))
+    return config.parse_config(Config, argv, __doc__)
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -204,6 +193,16 @@ def left_pad(feats: list, masks: list):
 def blank_frame(size: int) -> np.ndarray:
     """What --features blind shows the backbone instead of the camera: a mid-grey frame, the same for every step."""
     return np.full((size, size, 3), 128, dtype=np.uint8)
+
+
+def blank_image_features(model, proc, texts: list, cfg, layer: int, device, image_size: int):
+    """--image-dropout's stand-ins: each distinct prompt's features on a blank image, encoded once.
+    → (cond [P, L', C], mask [P, L'], row → prompt index [N])."""
+    prompts = list(dict.fromkeys(texts))
+    cond, mask = cache_features(model, proc, {"text": prompts}, replace(cfg, features="blind"), layer, device,
+                                image_size=image_size, desc="blank-image features")
+    pos = {t: i for i, t in enumerate(prompts)}
+    return cond, mask, torch.tensor([pos[t] for t in texts])
 
 
 def drop_images(cond, mask, blind_cond, blind_mask, drop):
@@ -412,18 +411,7 @@ class Policy:
 
 
 # ----------------------------------------------------------------------------- training
-def lr_mult(step: int, steps: int) -> float:
-    """Linear warm-up over 3 % of the steps, then cosine decay to 0."""
-    warm = max(1, int(0.03 * steps))
-    return (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
-
-
-def main(cfg: Config) -> dict:
-    ddp, rank, world, device = setup_distributed(cfg.seed)
-    master = rank == 0
-    t0 = time.time()
-    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
-    ns = norm_stats(ds.stats)
+def check_flags(cfg: Config, world: int) -> None:
     if cfg.features not in ("backbone", "blind", "oracle"):
         raise SystemExit(f"vla_train.py: --features {cfg.features!r}: expected backbone, blind or oracle")
     if cfg.image_dropout and (cfg.features != "backbone" or cfg.finetune_backbone):
@@ -433,23 +421,51 @@ def main(cfg: Config) -> dict:
         raise SystemExit("vla_train.py: --finetune-backbone trains the backbone the head reads: use --features backbone")
     if cfg.batch % world:
         raise SystemExit(f"vla_train.py: --batch {cfg.batch} must be a multiple of the {world} ranks")
-    n_tasks, image_size = len(task_list(ds)), int(ds.meta["image_size"])
-    model = proc = fast = vocab = None
-    layer = -1
-    if cfg.features == "oracle":                                     # no backbone at all: privileged state
-        cond_dim = oracle_dim(n_tasks)
-    else:
-        model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
-        model.to(device).eval()          # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
-        proc.tokenizer.padding_side = "left"
-        layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
-        if not 0 <= layer <= model.config.text_config.num_hidden_layers:
-            raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
-        model.requires_grad_(False)                                  # frozen: the paper's setting
-        if cfg.finetune_backbone:
-            unfreeze_below(model, layer)
-        cond_dim = model.config.text_config.hidden_size
 
+
+def load_encoder(cfg: Config, n_tasks: int, device):
+    """(model, proc, fast, vocab, layer, cond_dim): the backbone the head reads layer `layer` of, frozen unless
+    --finetune-backbone (then trained below that layer); with --features oracle no backbone at all (None, ..., -1)
+    and the head reads privileged state."""
+    if cfg.features == "oracle":
+        return None, None, None, None, -1, oracle_dim(n_tasks)
+    model, proc, fast, vocab = load_backbone(cfg.backbone, need_actions=False)
+    model.to(device).eval()          # eval mode in both paths: Qwen2.5-VL has no dropout to switch on anyway
+    proc.tokenizer.padding_side = "left"
+    layer = cfg.layer if cfg.layer >= 0 else default_layer(model)
+    if not 0 <= layer <= model.config.text_config.num_hidden_layers:
+        raise SystemExit(f"vla_train.py: --layer {layer} outside 0..{model.config.text_config.num_hidden_layers}")
+    model.requires_grad_(False)                                  # frozen: the paper's setting
+    if cfg.finetune_backbone:
+        unfreeze_below(model, layer)
+    return model, proc, fast, vocab, layer, model.config.text_config.hidden_size
+
+
+def build_head(cfg: Config, cond_dim: int, model, layer: int, device):
+    """(head, its HeadConfig, the VLA module every loss goes through, AdamW): the head's group at --lr, the
+    fine-tuned backbone's (if any) at --backbone-lr."""
+    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
+                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch,
+                      cond_dropout=cfg.cond_dropout, cond_noise=cfg.cond_noise)
+    torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
+    head = DiffusionHead(hcfg).to(device)
+    vla = VLA(head, model if cfg.finetune_backbone else None, layer)
+    groups = [{"params": list(head.named_parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+    if cfg.finetune_backbone:
+        groups.append({"params": list(model.named_parameters()), "lr": cfg.backbone_lr, "base_lr": cfg.backbone_lr})
+    return head, hcfg, vla, configure_optimizers(groups, weight_decay=1e-4)
+
+
+@exits_on_bad_files("vla_train.py")
+def main(cfg: Config) -> dict:
+    ddp, rank, world, device = setup_distributed(cfg.seed)
+    master = rank == 0
+    t0 = time.time()
+    ds = open_dataset(cfg.data, cfg.data_format, cfg.drop_noops)
+    ns = norm_stats(ds.stats)
+    check_flags(cfg, world)
+    n_tasks, image_size = len(task_list(ds)), int(ds.meta["image_size"])
+    model, proc, fast, vocab, layer, cond_dim = load_encoder(cfg, n_tasks, device)
     train, val = build_data(ds, "train", cfg, ns), build_data(ds, "val", cfg, ns)
     if master:
         what = "privileged state (oracle)" if cfg.features == "oracle" else \
@@ -467,46 +483,26 @@ def main(cfg: Config) -> dict:
         cond, mask = cache_features(model, proc, sub, cfg, layer, device, n_tasks, image_size, desc="train features")
         vfeat = cache_features(model, proc, val, cfg, layer, device, n_tasks, image_size, desc="val features") \
             if master else None
-    blind = None
-    if cfg.image_dropout:               # each prompt's blank-image features, encoded once: [prompts, L', C] + row index
-        texts = list(dict.fromkeys(sub["text"]))
-        bc, bm = cache_features(model, proc, {"text": texts}, replace(cfg, features="blind"), layer, device,
-                                image_size=image_size, desc="blank-image features")
-        pos = {t: i for i, t in enumerate(texts)}
-        blind = bc, bm, torch.tensor([pos[t] for t in sub["text"]])
+    blind = blank_image_features(model, proc, sub["text"], cfg, layer, device, image_size) if cfg.image_dropout else None
     t_feat = time.time() - t0 - t_data
 
-    hcfg = HeadConfig(action_dim=7, horizon=cfg.horizon, proprio_dim=8, cond_dim=cond_dim, d_model=cfg.d_model,
-                      n_layers=cfg.n_layers, pooled=cfg.pooled, prediction=cfg.prediction, arch=cfg.arch,
-                      cond_dropout=cfg.cond_dropout, cond_noise=cfg.cond_noise)
-    torch.manual_seed(cfg.seed)                                      # the same fresh head on every rank
-    head = DiffusionHead(hcfg).to(device)
-    vla = VLA(head, model if cfg.finetune_backbone else None, layer)
-    groups = [{"params": list(head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
-    if cfg.finetune_backbone:
-        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.backbone_lr,
-                       "base_lr": cfg.backbone_lr})
-    opt = torch.optim.AdamW(groups, weight_decay=1e-4)
-    params = [p for g in groups for p in g["params"]]
+    head, hcfg, vla, opt = build_head(cfg, cond_dim, model, layer, device)
+    params = [p for g in opt.param_groups for p in g["params"]]
     start = load_resume(vla, opt, cfg.out) if cfg.resume else 0      # head (+ backbone) weights, AdamW state, step
     wrapped = nn.parallel.DistributedDataParallel(vla) if ddp else vla
     if master:
-        n_bb = sum(p.numel() for p in groups[1]["params"]) if cfg.finetune_backbone else 0
+        n_bb = sum(p.numel() for p in model.parameters() if p.requires_grad) if cfg.finetune_backbone else 0
         print(f"device {device} × {world} | fp32 | head {sum(p.numel() for p in head.parameters()) / 1e6:.2f} M "
               f"+ backbone {n_bb / 1e6:.2f} M trained parameters | batch {cfg.batch} = {cfg.batch // world} × {world} "
               f"ranks | data {t_data:.0f}s, features {t_feat:.0f}s" + (f" | resumed at step {start}" if start else ""))
     per_rank = cfg.batch // world
     baseline = train["chunk"].mean(0, keepdim=True)                  # the mean-action baseline [1, H, 7]
 
-    def evaluate():                       # the frozen backbone's val features are cached, a fine-tuned one's fresh
-        c, m = vfeat if vfeat is not None else cache_features(model, proc, val, cfg, layer, device, desc="val features")
-        return validate(head, c, m, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
-
     bar = tqdm(range(start, cfg.steps), disable=not master, desc="vla", dynamic_ncols=True)
     history, metrics, t_val, t1 = [], {}, 0.0, time.time()
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * lr_mult(step, cfg.steps)
+            g["lr"] = g["base_lr"] * lr_at(step, cfg.steps, 0.03, floor=0.0)    # 3 % warm-up, cosine to 0
         # batch and diffusion noise drawn from (seed, rank, step) alone: --resume replays the run exactly
         rng = np.random.default_rng([cfg.seed, rank, step])
         idx = rng.integers(0, len(mine), per_rank)
@@ -515,11 +511,11 @@ def main(cfg: Config) -> dict:
             feats = {"inputs": prepare(proc, [sub["img"][i] for i in idx], [sub["wrist"][i] for i in idx]
                                        if cfg.wrist else None, [sub["text"][i] for i in idx], device)}
         else:
-            c, m = cond[idx], mask[idx]
+            c, cm = cond[idx], mask[idx]
             if blind is not None:                                    # drawn only then: other runs stay bit-identical
                 j = blind[2][idx]
-                c, m = drop_images(c, m, blind[0][j], blind[1][j], torch.from_numpy(rng.random(len(idx)) < cfg.image_dropout))
-            feats = {"cond": c.to(device), "cond_mask": m.to(device)}
+                c, cm = drop_images(c, cm, blind[0][j], blind[1][j], torch.from_numpy(rng.random(per_rank) < cfg.image_dropout))
+            feats = {"cond": c.to(device), "cond_mask": cm.to(device)}
         loss = wrapped(sub["chunk"][idx].to(device), sub["proprio"][idx].to(device), generator=noise, **feats)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -530,7 +526,7 @@ def main(cfg: Config) -> dict:
             bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
             if cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < cfg.steps:
                 tv = time.time()
-                m = evaluate()
+                m = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
                 t_val += time.time() - tv
                 bar.write(f"step {step + 1}: val L1 {m['val_l1']:.4f} (mean-action baseline {m['mean_action_l1']:.4f})")
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
@@ -538,25 +534,43 @@ def main(cfg: Config) -> dict:
                 save_resume(vla, opt, step + 1, cfg.out)
     t_train = time.time() - t1 - t_val
     if master:
-        tv = time.time()
-        metrics = evaluate()
-        t_val += time.time() - tv
-        metrics.update({"train_loss": float(np.mean(history[-50:])) if history else None, "loss_history": history[::10],
-                        "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-                        "phase_seconds": {"load_data": round(t_data, 1), "features": round(t_feat, 1),
-                                          "train": round(t_train, 1), "validate": round(t_val, 1)},
-                        "layer": layer, "train_frames": len(train["text"]), "val_frames": len(val["text"]),
-                        "config": asdict(cfg)})
-        print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
-              f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s "
-              f"(data {t_data:.0f}, features {t_feat:.0f}, train {t_train:.0f}, validation {t_val:.0f})")
-        save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics,
-                 {"layout": ds.meta.get("layout"), "tasks": task_list(ds)})
-        print(f"wrote {cfg.out}")
+        metrics = final_evaluation(cfg, ds, ns, head, hcfg, (model, proc, fast, vocab, layer), vfeat, train, val, baseline,
+                                   history, dict(load_data=t_data, features=t_feat, train=t_train, validate=t_val), t0,
+                                   device)
     if ddp:
         dist.barrier()
         dist.destroy_process_group()
     return metrics
+
+
+def final_evaluation(cfg: Config, ds, ns, head, hcfg, backbone: tuple, vfeat, train, val, baseline, history,
+                     times: dict, t0: float, device) -> dict:
+    """Rank 0 after training: validate on the val frames, print the figures, write --out. Returns the metrics.
+    `backbone`: (model, proc, fast, vocab, layer); `times`: seconds per phase so far."""
+    model, proc, fast, vocab, layer = backbone
+    tv = time.time()
+    metrics = evaluate(cfg, head, vfeat, model, proc, val, layer, device, baseline)
+    times["validate"] += time.time() - tv
+    metrics.update({"train_loss": float(np.mean(history[-50:])) if history else None, "loss_history": history[::10],
+                    "steps": cfg.steps, "seconds": round(time.time() - t0, 1),
+                    "phase_seconds": {k: round(v, 1) for k, v in times.items()},
+                    "layer": layer, "train_frames": len(train["text"]), "val_frames": len(val["text"]),
+                    "config": asdict(cfg)})
+    print(f"val action L1 {metrics['val_l1']:.4f} vs mean-action baseline {metrics['mean_action_l1']:.4f} | "
+          f"val denoising loss {metrics['val_loss']:.4f} | {metrics['seconds']:.0f}s "
+          f"(data {times['load_data']:.0f}, features {times['features']:.0f}, train {times['train']:.0f}, "
+          f"validation {times['validate']:.0f})")
+    save_vla(cfg, head, hcfg, model, proc, fast, vocab, layer, int(ds.meta["image_size"]), ns, metrics,
+             {"layout": ds.meta.get("layout"), "tasks": task_list(ds)})
+    print(f"wrote {cfg.out}")
+    return metrics
+
+
+def evaluate(cfg: Config, head, vfeat, model, proc, val: dict, layer: int, device, baseline) -> dict:
+    """validate() on the val frames: the frozen backbone's val features are cached (vfeat), a fine-tuned
+    backbone's are computed afresh."""
+    c, m = vfeat if vfeat is not None else cache_features(model, proc, val, cfg, layer, device, desc="val features")
+    return validate(head, c, m, val["proprio"], val["chunk"], cfg.ddim_steps, baseline)
 
 
 def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_size, ns, metrics, data: dict) -> None:
@@ -573,13 +587,9 @@ def save_vla(cfg: Config, head, hcfg, model, proc, fast, vocab, layer, image_siz
     save_file(head.state_dict(), os.path.join(tmp, "head.safetensors"))
     if cfg.finetune_backbone:
         save_checkpoint(model, proc, fast, vocab, os.path.join(tmp, "backbone"), {})
-    for name, obj in {"vla_config.json": vcfg, "metrics.json": metrics}.items():
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(obj, f, indent=1)
-    if os.path.isdir(os.path.join(cfg.out, "resume")):
-        shutil.move(os.path.join(cfg.out, "resume"), os.path.join(tmp, "resume"))
-    shutil.rmtree(cfg.out, ignore_errors=True)
-    os.replace(tmp, cfg.out)
+    write_json(os.path.join(tmp, "vla_config.json"), vcfg)
+    write_json(os.path.join(tmp, "metrics.json"), metrics)
+    swap_into(tmp, cfg.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fast_tokenizer as ft  # noqa: E402
 
 
-arg = ft.arg
+from config import arg, parse_config as parse_flags  # noqa: E402
 
 
 @dataclass
@@ -50,7 +50,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    return ft.parse_config(argv, Config, __doc__)
+    return parse_flags(Config, argv, __doc__)
 
 
 class ReferenceFAST:

@@ -20,7 +20,6 @@ image-shuffle control after GRPO, wall time) and the reward curve of every seed 
                                                               # threads against a busy core thrash (16x slower here)
     python bench/bench_grpo.py accept --init out/sft --seeds 0,1 --png assets/grpo_reward.png   # ~8 min
 """
-import argparse
 import json
 import os
 import platform
@@ -28,16 +27,14 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
 
+from config import arg, make_parser, write_text  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -56,10 +53,8 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(Config, __doc__, skip=("mode",))           # the mode is a positional argument, not a flag
     p.add_argument("mode", nargs="?", default="speed", choices=["speed", "accept", "block"])
-    for f in fields(Config)[1:]:
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default, help=f.metadata["help"])
     return Config(**vars(p.parse_args(argv)))
 
 
@@ -88,7 +83,8 @@ def trl_run(cfg: Config, out: str, seed: int) -> tuple[list, list, list]:
     import grpo
     import sft
     from data.demos import open_dataset
-    model, proc, fast, vocab = sft.load_backbone(cfg.init)
+    from model import load_backbone
+    model, proc, fast, vocab = load_backbone(cfg.init)
     tok = proc.tokenizer
     with open(os.path.join(cfg.init, "stage2.json")) as f:
         stage2 = json.load(f)
@@ -242,10 +238,7 @@ def plot(curves: dict, path: str, w: int = 640, h: int = 360) -> None:
 
 
 def write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(path, text)
     print(text)
 
 

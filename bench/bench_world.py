@@ -13,8 +13,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.demos import write_demos  # noqa: E402
-from data.mini_libero import OffScreenRenderEnv, expert_success, get_benchmark  # noqa: E402
+from data.mini_libero import OffScreenRenderEnv, expert_success, get_benchmark, write_demos  # noqa: E402
 from data.scenes import N_INIT_STATES, SUITES  # noqa: E402
 
 

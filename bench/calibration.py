@@ -30,7 +30,7 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from eval_libero import wilson_interval  # noqa: E402
-from fast_tokenizer import arg, parse_config  # noqa: E402
+from config import arg, parse_config  # noqa: E402
 
 POLICIES = ("replay", "blind", "oracle", "vla-tiny", "vla-sft")
 COLOURS = {"replay": (150, 150, 150), "blind": (230, 150, 40), "oracle": (40, 160, 70), "vla-tiny": (90, 120, 220),
@@ -161,4 +161,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(cls=Config, doc=__doc__))
+    main(parse_config(Config, doc=__doc__))

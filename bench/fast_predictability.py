@@ -29,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import prompts  # noqa: E402
-from data.demos import DemoDataset, chunk_episode, is_val, successful_episodes  # noqa: E402
+from data.demos import DemoDataset, chunk_episode, is_val  # noqa: E402
+from data.mini_libero import successful_episodes  # noqa: E402
 from data.expert import Expert  # noqa: E402
 from data.scenes import SUITES, suite_tasks  # noqa: E402
 from data.world import POS_SCALE  # noqa: E402

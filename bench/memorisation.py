@@ -16,6 +16,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sft  # noqa: E402
+from model import load_backbone  # noqa: E402
 from data.demos import open_dataset  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the seed of the run that made --model")
     a = p.parse_args(argv)
     ds = open_dataset(a.data)
-    model, proc, fast, vocab = sft.load_backbone(a.model)
+    model, proc, fast, vocab = load_backbone(a.model)
     proc.tokenizer.padding_side = "left"
     train_eps, _, val_eps = sft.split_episodes(ds, a.stage2_frac, a.seed)
     rows = {}

@@ -34,7 +34,7 @@ import os
 
 import numpy as np
 
-from data.demos import EpisodeDataset, require, split_by_task
+from data.episodes import DatasetError, EpisodeDataset, require, split_by_task
 
 FORMAT = "lerobot"
 PROFILES = {
@@ -54,14 +54,14 @@ def _jsonl(path: str) -> list[dict]:
         with open(path) as f:
             return [json.loads(line) for line in f if line.strip()]
     except (OSError, ValueError) as e:
-        raise SystemExit(f"{path}: unreadable JSON lines ({e})") from None
+        raise DatasetError(f"{path}: unreadable JSON lines ({e})") from None
 
 
 def detect_profile(features: dict, info_path: str) -> str:
     for name, cols in PROFILES.items():
         if all(c in features for c in cols.values()):
             return name
-    raise SystemExit(f"{info_path}: unknown LeRobot column layout (expected the features of one of: " +
+    raise DatasetError(f"{info_path}: unknown LeRobot column layout (expected the features of one of: " +
                      "; ".join(f"{n}: {', '.join(c.values())}" for n, c in PROFILES.items()) + ")")
 
 
@@ -75,10 +75,10 @@ class LeRobotDataset(EpisodeDataset):
                 self.info = json.load(f)
             features, self.data_path = self.info["features"], self.info["data_path"]
         except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"{info_path}: expected LeRobot v2.x info.json with features and data_path ({e})") from None
+            raise DatasetError(f"{info_path}: expected LeRobot v2.x info.json with features and data_path ({e})") from None
         version = str(self.info.get("codebase_version", ""))
         if not version.startswith("v2"):
-            raise SystemExit(f"{info_path}: codebase_version {version!r}; this reader handles LeRobot v2.x "
+            raise DatasetError(f"{info_path}: codebase_version {version!r}; this reader handles LeRobot v2.x "
                              f"(meta/episodes.jsonl + one parquet file per episode)")
         self.profile = detect_profile(features, info_path)
         self.columns = PROFILES[self.profile]
@@ -86,7 +86,7 @@ class LeRobotDataset(EpisodeDataset):
         for key, dim in (("state", (7, 8) if self.profile == "bridge" else (8,)), ("actions", (7,))):
             shape = tuple(features[self.columns[key]].get("shape", ()))
             if shape not in [(d,) for d in dim]:
-                raise SystemExit(f"{info_path}: feature {self.columns[key]}: expected shape "
+                raise DatasetError(f"{info_path}: feature {self.columns[key]}: expected shape "
                                  f"{' or '.join(f'[{d}]' for d in dim)}, found {list(shape)}")
         img = features[self.columns["agentview_rgb"]]
         shape = img.get("shape", [0, 0, 3])
@@ -98,22 +98,22 @@ class LeRobotDataset(EpisodeDataset):
                 ep, length = int(e["episode_index"]), int(e["length"])
                 language = str((e.get("tasks") or [""])[0]).strip()
             except (KeyError, ValueError, TypeError):
-                raise SystemExit(f"{root}/meta/episodes.jsonl: each line needs episode_index, tasks and length") from None
+                raise DatasetError(f"{root}/meta/episodes.jsonl: each line needs episode_index, tasks and length") from None
             if not language:
                 skipped += 1
                 continue
             if language not in tasks:
-                raise SystemExit(f"{root}/meta/episodes.jsonl: episode {ep}'s task {language!r} is not in meta/tasks.jsonl")
+                raise DatasetError(f"{root}/meta/episodes.jsonl: episode {ep}'s task {language!r} is not in meta/tasks.jsonl")
             self.episodes.append({"index": len(self.episodes), "episode_index": ep, "suite": os.path.basename(os.path.abspath(root)),
                                   "task_id": int(tasks[language]), "task": language, "language": language, "length": length})
         if skipped:
             print(f"note: {root}: skipped {skipped} episodes without a language instruction")
         if not self.episodes:
-            raise SystemExit(f"{root}/meta/episodes.jsonl: no episodes")
+            raise DatasetError(f"{root}/meta/episodes.jsonl: no episodes")
         for rec in self.episodes:
             path = self._where(rec["index"])
             if not os.path.isfile(path):
-                raise SystemExit(f"{path}: missing (episode {rec['episode_index']} of meta/episodes.jsonl)")
+                raise DatasetError(f"{path}: missing (episode {rec['episode_index']} of meta/episodes.jsonl)")
         split_by_task(self.episodes)
         used = sorted({(e["task_id"], e["language"]) for e in self.episodes})
         self.meta = {"format": FORMAT, "profile": self.profile, "image_size": size,
@@ -135,9 +135,9 @@ class LeRobotDataset(EpisodeDataset):
         try:
             table = _pq().read_table(path, columns=[c for c in cols if self.info["features"][c]["dtype"] != "video"])
         except Exception as e:  # pyarrow raises its own error types for missing columns and damaged files
-            raise SystemExit(f"{path}: cannot read columns {', '.join(cols)} ({str(e).splitlines()[0]})") from None
+            raise DatasetError(f"{path}: cannot read columns {', '.join(cols)} ({str(e).splitlines()[0]})") from None
         if table.num_rows != rec["length"]:
-            raise SystemExit(f"{path}: {table.num_rows} rows, but meta/episodes.jsonl says length {rec['length']} "
+            raise DatasetError(f"{path}: {table.num_rows} rows, but meta/episodes.jsonl says length {rec['length']} "
                              f"(truncated episode?)")
         out = {}
         for key, col in zip(keys, cols):
@@ -156,7 +156,7 @@ class LeRobotDataset(EpisodeDataset):
             x = np.zeros(0)
         want = (7, 8) if key == "state" and self.profile == "bridge" else ((8,) if key == "state" else (7,))
         if x.ndim != 2 or x.shape[1] not in want:
-            raise SystemExit(f"{path}: column {col}: expected [T, {' or '.join(map(str, want))}] numbers, "
+            raise DatasetError(f"{path}: column {col}: expected [T, {' or '.join(map(str, want))}] numbers, "
                              f"found shape {x.shape}")
         if self.profile == "bridge" and key == "state" and x.shape[1] == 7:     # xyz rpy gripper -> xyz rpy pad gripper
             x = np.concatenate([x[:, :6], np.zeros((len(x), 1), np.float32), x[:, 6:]], 1)
@@ -174,9 +174,9 @@ class LeRobotDataset(EpisodeDataset):
             try:
                 frames.append(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
             except Exception:
-                raise SystemExit(f"{path}: column {col}, row {t}: expected an encoded image {{bytes, path}}") from None
+                raise DatasetError(f"{path}: column {col}, row {t}: expected an encoded image {{bytes, path}}") from None
         if len({f.shape for f in frames}) > 1:
-            raise SystemExit(f"{path}: column {col}: frames of different sizes")
+            raise DatasetError(f"{path}: column {col}: frames of different sizes")
         return np.stack(frames)
 
     def _video(self, rec, col, path) -> np.ndarray:
@@ -189,7 +189,7 @@ class LeRobotDataset(EpisodeDataset):
             with av.open(vpath) as c:
                 frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
         except Exception as e:
-            raise SystemExit(f"{vpath}: unreadable video ({str(e).splitlines()[0]})") from None
+            raise DatasetError(f"{vpath}: unreadable video ({str(e).splitlines()[0]})") from None
         if len(frames) < rec["length"]:
-            raise SystemExit(f"{vpath}: {len(frames)} frames for an episode of {rec['length']} steps (truncated video?)")
+            raise DatasetError(f"{vpath}: {len(frames)} frames for an episode of {rec['length']} steps (truncated video?)")
         return np.stack(frames[: rec["length"]])

@@ -10,7 +10,7 @@ Layout read here (LIBERO's `robomimic`-style files; reference-notes.md §6):
     data/demo_<i>/obs/ee_states         float [T, 6]   eef position (3) + axis-angle (3)
     data/demo_<i>/obs/gripper_states    float [T, 2]   finger joint positions
 
-What the stages get (the EpisodeDataset interface of data/demos.py):
+What the stages get (the EpisodeDataset interface of data/episodes.py):
   * images rotated 180° (both axes flipped) into the project's upright convention, the same operation
     OpenVLA's RLDS and the LeRobot LIBERO datasets apply, so frames match theirs and eval_libero.py's;
     files whose macros_image_convention is "opencv" are taken as already upright;
@@ -32,7 +32,7 @@ import re
 
 import numpy as np
 
-from data.demos import EpisodeDataset, require, split_by_task
+from data.episodes import DatasetError, EpisodeDataset, require, split_by_task
 
 FORMAT = "libero_hdf5"
 IMAGES = {"agentview_rgb": "obs/agentview_rgb", "eye_in_hand_rgb": "obs/eye_in_hand_rgb"}
@@ -48,7 +48,7 @@ def _files(root: str) -> list[str]:
         return [root]
     files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if f.endswith((".hdf5", ".h5")))
     if not files:
-        raise SystemExit(f"{root}: no LIBERO .hdf5 files (expected <suite>/<TASK>_demo.hdf5)")
+        raise DatasetError(f"{root}: no LIBERO .hdf5 files (expected <suite>/<TASK>_demo.hdf5)")
     return files
 
 
@@ -73,16 +73,16 @@ class LiberoHDF5Dataset(EpisodeDataset):
             try:
                 f = h5py.File(path, "r")
             except OSError as e:
-                raise SystemExit(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
+                raise DatasetError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
             with f:
                 if "data" not in f:
-                    raise SystemExit(f"{path}: no 'data' group (expected LIBERO's data/demo_i/...)")
+                    raise DatasetError(f"{path}: no 'data' group (expected LIBERO's data/demo_i/...)")
                 data = f["data"]
                 language = self._language(path, data.attrs)
                 self._flip[path] = str(data.attrs.get("macros_image_convention", "opengl")) != "opencv"
                 demos = sorted((k for k in data if _demo_number(k) >= 0), key=_demo_number)
                 if not demos:
-                    raise SystemExit(f"{path}: no data/demo_<i> groups")
+                    raise DatasetError(f"{path}: no data/demo_<i> groups")
                 for d in demos:
                     T, hw = self._check(path, data[d], d)
                     sizes.add(hw)
@@ -104,7 +104,7 @@ class LiberoHDF5Dataset(EpisodeDataset):
             info = json.loads(info.decode() if isinstance(info, bytes) else str(info))
             return str(info["language_instruction"]).strip()
         except (KeyError, ValueError, TypeError, AttributeError):
-            raise SystemExit(f"{path}: data attribute 'problem_info' must be JSON with a 'language_instruction'") from None
+            raise DatasetError(f"{path}: data attribute 'problem_info' must be JSON with a 'language_instruction'") from None
 
     @staticmethod
     def _check(path, g, demo) -> tuple[int, tuple]:
@@ -112,20 +112,20 @@ class LiberoHDF5Dataset(EpisodeDataset):
         need = ["actions", "obs/ee_states", "obs/gripper_states", *IMAGES.values()]
         for k in need:
             if k not in g:
-                raise SystemExit(f"{path}: data/{demo}/{k} is missing")
+                raise DatasetError(f"{path}: data/{demo}/{k} is missing")
         T = g["actions"].shape[0]
         for k, tail in TRAILING.items():
             if g[k].shape != (T, *tail):
-                raise SystemExit(f"{path}: data/{demo}/{k}: expected shape ({T}, {', '.join(map(str, tail))}), "
+                raise DatasetError(f"{path}: data/{demo}/{k}: expected shape ({T}, {', '.join(map(str, tail))}), "
                                  f"found {g[k].shape}")
         hw = None
         for k in IMAGES.values():
             s, dt = g[k].shape, g[k].dtype
             if len(s) != 4 or s[0] != T or s[3] != 3 or dt != np.uint8:
-                raise SystemExit(f"{path}: data/{demo}/{k}: expected uint8 ({T}, H, W, 3), found {dt} {s}")
+                raise DatasetError(f"{path}: data/{demo}/{k}: expected uint8 ({T}, H, W, 3), found {dt} {s}")
             hw = hw or s[1:3]
         if T == 0:
-            raise SystemExit(f"{path}: data/{demo} has no steps")
+            raise DatasetError(f"{path}: data/{demo} has no steps")
         return T, hw
 
     def _where(self, i: int) -> str:
@@ -146,5 +146,5 @@ class LiberoHDF5Dataset(EpisodeDataset):
                     else:
                         out[key] = g["actions"][()].astype(np.float32)
         except (OSError, KeyError, ValueError) as e:
-            raise SystemExit(f"{path}: data/{rec['demo']}/{key}: unreadable ({str(e).splitlines()[0]})") from None
+            raise DatasetError(f"{path}: data/{rec['demo']}/{key}: unreadable ({str(e).splitlines()[0]})") from None
         return out

@@ -22,14 +22,23 @@ Command line:
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 import time
+from dataclasses import asdict
+from multiprocessing import get_context
 
 import numpy as np
+from PIL import Image, ImageDraw
 
+from config import exits_on_bad_files, write_json, write_jsonl
+from data.demos import DEMO_INIT_OFFSET, FORMAT, open_dataset
+from data.episodes import describe, is_val
 from data.expert import Expert
 from data.render import Renderer
 from data.scenes import DEFAULT_LAYOUT, LAYOUTS, MAX_STEPS, N_INIT_STATES, SUITES, Task, layout_scale, suite_tasks
+from data.world import quat_to_axisangle
 
 SUITE_ALIASES = {"libero_spatial": "spatial", "libero_object": "object", "libero_goal": "goal",
                  "libero_10": "long", "libero_long": "long"}
@@ -141,7 +150,6 @@ class OffScreenRenderEnv:
 
 def proprio_from_obs(obs: dict) -> np.ndarray:
     """LIBERO's 8-D proprio from an observation: eef pos + axis-angle(eef quat) + gripper qpos."""
-    from data.world import quat_to_axisangle
     return np.concatenate([obs["robot0_eef_pos"], quat_to_axisangle(obs["robot0_eef_quat"]),
                            obs["robot0_gripper_qpos"]]).astype(np.float32)
 
@@ -188,10 +196,79 @@ def expert_success(suites, trials: int, seed: int = 0, layout: str = DEFAULT_LAY
     return out
 
 
+# ----------------------------------------------------------------------------- demonstration datasets
+def successful_episodes(task, per_task: int, seed: int = 0, first_init: int = DEMO_INIT_OFFSET, **kw):
+    """Yield (j, k, episode) for the first `per_task` successful expert episodes of `task`, from scene samples
+    first_init, first_init + 1, … (k: the sample used). Failures are skipped: LIBERO's datasets keep successful demos
+    only. kw goes to expert_episode (size, render, expert_cls)."""
+    j, k = 0, first_init
+    while j < per_task:
+        if k > first_init + 4 * per_task + 20:
+            raise RuntimeError(f"expert keeps failing on {task.suite} task {task.task_id}")
+        ep = expert_episode(task, k, seed, **kw)
+        k += 1
+        if ep["success"]:
+            yield j, k - 1, ep
+            j += 1
+
+
+def _generate_task(job):
+    """Worker: successful demos for one task, saved as npz files; returns their episode records."""
+    suite, task_id, per_task, size, seed, tmpdir, first_index, first_init, layout = job
+    task = suite_tasks(suite, layout)[task_id]
+    recs = []
+    for j, k, ep in successful_episodes(task, per_task, seed, first_init, size=size):
+        idx = first_index + j
+        fname = f"episodes/{idx:06d}.npz"
+        np.savez_compressed(os.path.join(tmpdir, fname),
+                            agentview_rgb=np.stack(ep["agentview_rgb"]), eye_in_hand_rgb=np.stack(ep["eye_in_hand_rgb"]),
+                            state=np.stack(ep["state"]), actions=np.stack(ep["actions"]),
+                            sim_state=np.stack(ep["sim_state"]), phase=np.array(ep["phase"]))
+        recs.append({"index": idx, "file": fname, "suite": suite, "task_id": task_id, "task": task.name,
+                     "language": task.language, "init_state": k, "length": ep["length"],
+                     "split": "val" if is_val(j, per_task) else "train"})
+    return recs
+
+
+def write_demos(out: str, suites: list[str], per_task: int = 10, size: int = 128, seed: int = 0,
+                workers: int = 2, first_init: int = DEMO_INIT_OFFSET, layout: str = DEFAULT_LAYOUT) -> dict:
+    """Generate the demo dataset (data/demos.py's format) into `out`: built in a temp dir, then renamed, so it is
+    never half-written."""
+    t0 = time.time()
+    tmp = out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(os.path.join(tmp, "episodes"))
+    tasks = [(s, t.task_id) for s in suites for t in suite_tasks(s, layout)]
+    jobs = [(s, i, per_task, size, seed, tmp, n * per_task, first_init, layout) for n, (s, i) in enumerate(tasks)]
+    if workers > 1:
+        with get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+            recs = [r for rs in pool.map(_generate_task, jobs) for r in rs]
+    else:
+        recs = [r for job in jobs for r in _generate_task(job)]
+    meta = {"format": FORMAT, "image_size": size, "control_hz": 20, "expert_seed": seed, "layout": layout,
+            "image_convention": "upright: rotated 180 degrees from the raw OpenGL-convention env frames",
+            "tasks": [], "keys": {"state": "eef_pos(3) eef_axis_angle(3) gripper_qpos(2)",
+                                  "actions": "dpos(3) daxis_angle(3) gripper(-1 open, +1 close)"}}
+    for s in suites:
+        for t in suite_tasks(s, layout):
+            world, _ = t.scene(0)
+            meta["tasks"].append({"suite": s, "task_id": t.task_id, "name": t.name, "language": t.language,
+                                  "bodies": [asdict(b) for b in world.bodies]})
+    acts = np.concatenate([np.load(os.path.join(tmp, r["file"]))["actions"] for r in recs])
+    states = np.concatenate([np.load(os.path.join(tmp, r["file"]))["state"] for r in recs])
+    stats = {"n_episodes": len(recs), "n_steps": int(len(acts)), "actions": describe(acts), "state": describe(states)}
+    write_json(os.path.join(tmp, "meta.json"), meta)
+    write_json(os.path.join(tmp, "stats.json"), stats)
+    write_jsonl(os.path.join(tmp, "episodes.jsonl"), recs)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    size_mb = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(out) for f in fs) / 2**20
+    print(f"wrote {len(recs)} demos, {len(acts)} steps, {size_mb:.1f} MB to {out} in {time.time() - t0:.1f}s")
+    return {"episodes": len(recs), "steps": int(len(acts)), "mb": size_mb, "seconds": time.time() - t0}
+
+
 def write_gif(frames: list[np.ndarray], path: str, fps: int = 20, caption: str = "") -> None:
     """An animated GIF of upright frames, with the instruction drawn underneath."""
-    import os
-    from PIL import Image, ImageDraw
     imgs = []
     for f in frames:
         im = Image.fromarray(f)
@@ -207,6 +284,7 @@ def write_gif(frames: list[np.ndarray], path: str, fps: int = 20, caption: str =
 
 
 # ----------------------------------------------------------------------------- command line
+@exits_on_bad_files("python -m data.mini_libero")
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m data.mini_libero", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -250,7 +328,6 @@ def main(argv=None) -> None:
             print(f"{s:8s} mean {np.mean(rates):6.1%}  per task " + " ".join(f"{r:.0%}" for r in rates))
         print(f"({time.time() - t0:.1f}s)")
     elif args.cmd == "video":
-        import os
         task = suite_tasks(suite_name(args.suite), args.layout)[args.task]
         ep = expert_episode(task, args.init, size=args.size)
         key = {"agentview": ["agentview_rgb"], "eye_in_hand": ["eye_in_hand_rgb"],
@@ -260,10 +337,8 @@ def main(argv=None) -> None:
         write_gif(frames, args.out, caption=task.language)
         print(f"{args.out}: {ep['length']} steps, success={ep['success']}: {task.language}")
     elif args.cmd == "demos":
-        from data.demos import write_demos
         write_demos(args.out, suites, args.per_task, args.size, args.seed, args.workers, layout=args.layout)
     elif args.cmd == "stats":
-        from data.demos import open_dataset
         open_dataset(args.data, args.data_format).print_summary()
 
 

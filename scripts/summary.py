@@ -8,18 +8,13 @@ Anything missing (a stage not run yet) shows as "–" instead of failing, so it 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from config import arg, parse_config as parse_flags, read_json, write_text  # noqa: E402
 from eval_libero import wilson_interval  # noqa: E402  (the same interval eval_libero.py reports)
-
-
-def arg(default, help):                       # a dataclass field that carries its --help text
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -32,18 +27,7 @@ class Config:
 
 
 def parse_config(argv=None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in fields(Config):
-        p.add_argument("--" + f.name.replace("_", "-"), default=f.default, type=type(f.default), help=f.metadata["help"])
-    return Config(**vars(p.parse_args(argv)))
-
-
-def read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return parse_flags(Config, argv, __doc__)
 
 
 def pairs(s: str) -> list[tuple[str, str]]:
@@ -122,6 +106,4 @@ if __name__ == "__main__":
     s = summary(cfg)
     print(s)
     if cfg.out:
-        with open(cfg.out + ".tmp", "w") as f:
-            f.write(s)
-        os.replace(cfg.out + ".tmp", cfg.out)
+        write_text(cfg.out, s)

@@ -21,7 +21,7 @@ def run(*args, timeout=600):
 
 @pytest.fixture(scope="session")
 def demos_dir(tmp_path_factory):
-    from data.demos import write_demos
+    from data.mini_libero import write_demos
     d = str(tmp_path_factory.mktemp("demos") / "demos")
     write_demos(d, ["spatial", "goal"], per_task=2, size=64, workers=1)
     return d

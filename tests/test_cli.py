@@ -22,3 +22,24 @@ def test_stage_help(stage):
 def test_world_cli_help_lists_its_commands():
     p = subprocess.run([sys.executable, "-m", "data.mini_libero", "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert p.returncode == 0 and all(c in p.stdout for c in ("demos", "expert", "video", "stats"))
+
+
+HELP_STAGES = ["sft", "grpo", "vla_train", "eval_libero", "fast_tokenizer", "knn_probe", "ablate", "serve", "diffusion_head"]
+
+
+@pytest.mark.parametrize("stage", HELP_STAGES)
+def test_help_lists_every_flag_without_garbling(stage):
+    """--help exits 0; its options section has no format leftovers ({…} or %(…) from an unescaped %) and lists
+    one flag per Config field (booleans as --flag/--no-flag)."""
+    import importlib
+    from dataclasses import fields
+    p = subprocess.run([sys.executable, f"{stage}.py", "--help"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    options = p.stdout.split("options:", 1)[1]
+    assert "{" not in options and "%(" not in options and "%%" not in options, options
+    for f in fields(importlib.import_module(stage).Config):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in options, flag
+        if isinstance(f.default, bool):
+            assert f"--no-{flag[2:]}" in options, flag

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import ENV, ROOT, run
 from data.demos import chunk_episode, noop_mask, open_dataset, require
+from data.episodes import DatasetError
 
 h5py = pytest.importorskip("h5py")
 pa = pytest.importorskip("pyarrow")
@@ -197,7 +198,7 @@ def test_libero_hdf5_episodes_language_orientation_and_values(libero_h5):
         assert ep["state"].shape == (T, 8) and ep["state"].dtype == np.float32
         np.testing.assert_allclose(ep["state"], np.concatenate([w["ee_states"], w["gripper_states"]], 1), rtol=1e-6)
         assert ep["actions"].dtype == np.float32 and np.array_equal(ep["actions"], w["actions"])
-    with pytest.raises(SystemExit, match="sim_state"):
+    with pytest.raises(DatasetError, match="sim_state"):
         ds.load(0, ["sim_state"])
 
 
@@ -239,7 +240,7 @@ def test_lerobot_bridge_columns_gripper_and_empty_language(lerobot_bridge, tmp_p
     assert marker_upright(ep["agentview_rgb"][0]) and ep["state"].shape == (len(w["actions"]), 8)
     np.testing.assert_allclose(ep["actions"][:, :6], w["actions_stored"][:, :6])
     assert np.array_equal(ep["actions"][:, 6], w["actions"][:, 6])        # 1 open / 0 closed → −1 open / +1 closed
-    with pytest.raises(SystemExit, match="eye_in_hand_rgb"):
+    with pytest.raises(DatasetError, match="eye_in_hand_rgb"):
         ds.load(0, ["eye_in_hand_rgb"])
     # the 7-D state of Bridge's RLDS layout (xyz, rpy, gripper) gets the LeRobot conversion's pad before the gripper
     r7 = str(tmp_path / "b7")
@@ -307,19 +308,19 @@ def test_drop_noops_as_openvla(libero_h5):
 
 def test_format_detection_and_override(libero_h5, lerobot_libero, demos_dir, tmp_path):
     assert type(open_dataset(demos_dir)).__name__ == "DemoDataset" and open_dataset(demos_dir).privileged
-    with pytest.raises(SystemExit, match="meta.json"):
+    with pytest.raises(DatasetError, match="meta.json"):
         open_dataset(libero_h5[0], "mini")
-    with pytest.raises(SystemExit, match="data-format"):
+    with pytest.raises(DatasetError, match="data-format"):
         open_dataset(libero_h5[0], "rlds")
-    with pytest.raises(SystemExit, match="no such dataset"):
+    with pytest.raises(DatasetError, match="no such dataset"):
         open_dataset(str(tmp_path / "missing"))
     (tmp_path / "x").mkdir()
-    with pytest.raises(SystemExit, match="unknown dataset format"):
+    with pytest.raises(DatasetError, match="unknown dataset format"):
         open_dataset(str(tmp_path / "x"))
 
 
 def test_missing_optional_dependency_names_the_install_command():
-    with pytest.raises(SystemExit, match="pip install -r requirements-data.txt"):
+    with pytest.raises(DatasetError, match="pip install -r requirements-data.txt"):
         require("surely_not_installed_pkg", "reading X")
 
 
@@ -342,7 +343,7 @@ def _damaged_h5(tmp_path, edit):
 ])
 def test_damaged_hdf5_is_a_one_line_error(tmp_path, edit, match):
     root, path = _damaged_h5(tmp_path, edit)
-    with pytest.raises(SystemExit, match=match) as e:
+    with pytest.raises(DatasetError, match=match) as e:
         open_dataset(root)
     assert path in str(e.value) and "\n" not in str(e.value)
 
@@ -354,6 +355,7 @@ def test_truncated_hdf5_file_exits_from_a_stage(tmp_path):
     p = subprocess.run([sys.executable, "fast_tokenizer.py", "--data", root, "--out", str(tmp_path / "f")],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and path in p.stderr, p.stderr
+    assert p.stderr.startswith("fast_tokenizer.py: "), p.stderr
 
 
 def _damaged_lerobot(tmp_path, edit_table=None, edit_info=None):
@@ -380,22 +382,22 @@ def _damaged_lerobot(tmp_path, edit_table=None, edit_info=None):
 def test_damaged_parquet_is_a_one_line_error(tmp_path, kw, match):
     root, path = _damaged_lerobot(tmp_path, **kw)
     ds = open_dataset(root)
-    with pytest.raises(SystemExit, match=match) as e:
+    with pytest.raises(DatasetError, match=match) as e:
         ds.load(1)
     assert path in str(e.value) and "\n" not in str(e.value)
 
 
 def test_bad_lerobot_metadata_is_a_one_line_error(tmp_path):
     root, _ = _damaged_lerobot(tmp_path, edit_info=lambda i: i["features"]["state"].update(shape=[6]))
-    with pytest.raises(SystemExit, match=r"feature state: expected shape \[8\], found \[6\]"):
+    with pytest.raises(DatasetError, match=r"feature state: expected shape \[8\], found \[6\]"):
         open_dataset(root)
     root2, path = _damaged_lerobot(tmp_path / "2")
     os.remove(path)
-    with pytest.raises(SystemExit, match="episode_000001.parquet: missing"):
+    with pytest.raises(DatasetError, match="episode_000001.parquet: missing"):
         open_dataset(root2)
     with open(os.path.join(root2, "meta", "info.json"), "w") as f:
         f.write('{"codebase_version": "v3.0", "features": {}, "data_path": "x"}')
-    with pytest.raises(SystemExit, match="v3.0"):
+    with pytest.raises(DatasetError, match="v3.0"):
         open_dataset(root2)
 
 

@@ -16,8 +16,10 @@ import pytest
 import torch
 
 import grpo
+import model as M
 import sft
-from data.demos import DemoDataset, write_demos
+from data.demos import DemoDataset
+from data.mini_libero import write_demos
 from fast_tokenizer import FastTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,15 +48,15 @@ def ckpt(tmp_path_factory):
     samples = sft.build_samples(ds, ds.indices("train"), fast, {"reason": 1.0}, 0)
     corpus = [s.prompt for s in samples] + [s.answer for s in samples] + ["You are a helpful assistant."]
     torch.manual_seed(0)
-    model, proc, vocab = sft.build_tiny(corpus, fast)
-    sft.save_checkpoint(model, proc, fast, vocab, str(d / "sft"),
+    model, proc, vocab = M.build_tiny(corpus, fast)
+    M.save_checkpoint(model, proc, fast, vocab, str(d / "sft"),
                         {"stage2.json": {"data": str(d / "demos"), "episodes": ds.indices("train")[:3]}})
     return d
 
 
 @pytest.fixture(scope="module")
 def tiny(ckpt):
-    model, proc, fast, vocab = sft.load_backbone(str(ckpt / "sft"))
+    model, proc, fast, vocab = M.load_backbone(str(ckpt / "sft"))
     proc.tokenizer.padding_side = "left"
     ds = DemoDataset(str(ckpt / "demos"))
     samples = sft.build_samples(ds, ds.indices("train")[:2], fast, {"reason": 1.0}, 0)[::9][:4]
@@ -353,7 +355,7 @@ def test_the_loop_raises_the_probability_of_rewarded_tokens(tiny):
         mask = grpo.completion_mask(comp, tok.eos_token_id)
         r = ((comp >= lo) & (comp < hi) & mask).float().sum(1) / mask.sum(1)
         adv, _ = grpo.group_advantages(r.view(2, 8))
-        grpo.optimize(cfg, model, opt, b, comp, mask, adv.reshape(-1), banned=banned)
+        grpo.optimize(cfg, grpo.Sizes.of(cfg, 1), model, opt, b, comp, mask, adv.reshape(-1), banned=banned)
     assert p_action() > before + 0.15, (before, p_action())
 
 
@@ -387,7 +389,7 @@ def test_single_process_run_with_every_option_then_resume(ckpt, tmp_path):
     assert [x["round"] for x in lines] == [1, 2]
     assert {"reward", "reward_std", "r_f", "r_a", "zero_spread", "length", "kl", "entropy", "clip_frac", "tok_s"} <= set(lines[0])
     assert lines[0]["kl"] is not None and lines[0]["kl"] >= 0
-    model, proc, fast, vocab = sft.load_backbone(str(out))        # the next stages load it like an SFT checkpoint
+    model, proc, fast, vocab = M.load_backbone(str(out))        # the next stages load it like an SFT checkpoint
     assert vocab == json.loads((ckpt / "sft" / "action_vocab.json").read_text())
     run_main(ckpt, out, "--steps", "3", "--rollout-batch", "2", "--update-batch", "2", "--group", "2", "--resume")
     assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
@@ -412,7 +414,7 @@ def test_torchrun_two_processes_on_cpu(ckpt, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["round"] for x in lines] == [1, 2] and lines[0]["length"] > 0
-    sft.load_backbone(str(out))
+    M.load_backbone(str(out))
 
 
 def test_reward_curve_png(tmp_path):

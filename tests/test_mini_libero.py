@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from data.demos import DemoDataset, chunk_episode, write_demos
-from data.mini_libero import (OffScreenRenderEnv, expert_episode, flip_image, get_benchmark,
+from data.demos import DemoDataset, chunk_episode
+from data.episodes import DatasetError
+from data.mini_libero import (OffScreenRenderEnv, expert_episode, flip_image, get_benchmark, write_demos,
                               get_benchmark_dict, proprio_from_obs)
 from data.scenes import DRAWER_OPEN, N_INIT_STATES, STOVE_ON, SUITES, SceneBuilder, suite_tasks
 from data.world import EEF_MIN_Z, GRIPPER_SPEED, MAX_WIDTH, POS_SCALE, World
@@ -281,7 +282,7 @@ def test_chunks_pad_with_holds_at_episode_end():
 
 
 def test_missing_dataset_is_a_one_line_error(tmp_path):
-    with pytest.raises(SystemExit, match="not a demo dataset"):
+    with pytest.raises(DatasetError, match="not a demo dataset"):
         DemoDataset(str(tmp_path / "nope"))
 
 

@@ -469,7 +469,7 @@ def test_serve_py_serves_a_checkpoint_to_the_openpi_client(tiny_vla):
     try:
         banner = p.stdout.readline()                    # printed once it listens; the port the OS chose
         port = int(re.search(r"ws://127\.0\.0\.1:(\d+)", banner).group(1))
-        assert "layout unknown" in p.stdout.readline() + p.stdout.readline()
+        assert "layout libero" in p.stdout.readline() + p.stdout.readline()
         client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=port)
         s = client.get_server_metadata()["image_size"]
         actions = client.infer({**observation(0, size=s), "prompt": "open the drawer"})["actions"]
@@ -489,7 +489,7 @@ def test_a_tiny_vla_served_to_the_openpi_client_answers_as_in_process(tiny_vla, 
     client = wcp.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
     md = client.get_server_metadata()
     s = policy.image_size
-    assert (md["image_size"], md["horizon"], md["layout"]) == (s, policy.horizon, "unknown")
+    assert (md["image_size"], md["horizon"], md["layout"]) == (s, policy.horizon, "libero")
     assert md["cameras"] == ([S.IMAGE, S.WRIST] if policy.uses_wrist else [S.IMAGE])
     obs = {**observation(3, size=s), "prompt": "put the bowl on the plate"}
     torch.manual_seed(0)                      # the head samples noise from the global generator

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import model as M
 import sft
 from conftest import ENV, ROOT, run
 from data.demos import DemoDataset
@@ -17,7 +18,7 @@ from fast_tokenizer import FastTokenizer
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt, demos_dir):
-    model, proc, fast, vocab = sft.load_backbone(tiny_ckpt)
+    model, proc, fast, vocab = M.load_backbone(tiny_ckpt)
     ds = DemoDataset(demos_dir)
     eps = ds.indices("val")[:2]
     samples = {k: sft.build_samples(ds, eps, fast, {k: 1.0}, 0)[:3] for k in ("vqa", "reason", "fast")}
@@ -82,8 +83,8 @@ def test_action_tokens_added_and_mapped_both_ways(loaded):
         assert tid == vocab["act_offset"] + i and tok.convert_ids_to_tokens(tid) == f"<act_{i}>"
     assert tok.convert_tokens_to_ids("<ACTION_START>") == vocab["action_start"]
     ids = tok("<answer><ACTION_START><act_3><act_1><ACTION_END></answer>", add_special_tokens=False)["input_ids"]
-    assert sft.parse_actions(ids, vocab) == [3, 1]
-    assert sft.parse_actions(ids[:-2], vocab) is None           # no <ACTION_END>: no actions
+    assert M.parse_actions(ids, vocab) == [3, 1]
+    assert M.parse_actions(ids[:-2], vocab) is None           # no <ACTION_END>: no actions
     assert model.get_input_embeddings().weight.shape[0] == len(tok)
 
 
@@ -93,8 +94,8 @@ def test_save_then_from_pretrained_gives_identical_logits(loaded, tmp_path):
     x.pop("labels")
     with torch.no_grad():
         a = model(**x).logits
-    sft.save_checkpoint(model, proc, fast, vocab, str(tmp_path / "ck"), {"metrics.json": {}})
-    m2, p2, f2, v2 = sft.load_backbone(str(tmp_path / "ck"))
+    M.save_checkpoint(model, proc, fast, vocab, str(tmp_path / "ck"), {"metrics.json": {}})
+    m2, p2, f2, v2 = M.load_backbone(str(tmp_path / "ck"))
     with torch.no_grad():
         b = m2(**x).logits
     assert torch.equal(a, b) and v2 == vocab
@@ -104,7 +105,7 @@ def test_save_then_from_pretrained_gives_identical_logits(loaded, tmp_path):
 def test_processor_round_trip(loaded, tmp_path):
     _, proc, _, _, _, frames = loaded
     proc.save_pretrained(tmp_path)
-    p2 = sft.ImageOnlyQwenProcessor.from_pretrained(tmp_path)
+    p2 = M.ImageOnlyQwenProcessor.from_pretrained(tmp_path)
     img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     text = "<|vision_start|><|image_pad|><|vision_end|>put the bowl on the plate<ACTION_START><act_2>"
     a, b = proc(text=[text], images=[img], return_tensors="pt"), p2(text=[text], images=[img], return_tensors="pt")
@@ -146,6 +147,7 @@ def torchrun2(*args):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_two_processes_ddp_and_fsdp_match_one_process(demos_dir, fast_dir, tmp_path):
     common = ["--model", "tiny", "--data", demos_dir, "--fast", fast_dir, "--steps", "3", "--global-batch", "8",
               "--eval-prompts", "2", "--max-new-tokens", "4", "--lr", "3e-3"]
@@ -158,7 +160,7 @@ def test_two_processes_ddp_and_fsdp_match_one_process(demos_dir, fast_dir, tmp_p
     np.testing.assert_allclose(curve["fsdp"], curve["one"], rtol=2e-3)
     assert curve["one"][-1] < curve["one"][0]
     # the sharded run writes the same full checkpoint (tied LM head once), loadable by from_pretrained
-    one, fsdp = (sft.load_backbone(str(tmp_path / d))[0].state_dict() for d in ("one", "fsdp"))
+    one, fsdp = (M.load_backbone(str(tmp_path / d))[0].state_dict() for d in ("one", "fsdp"))
     assert one.keys() == fsdp.keys() and max((one[k] - fsdp[k]).abs().max().item() for k in one) < 1e-3
     # and resumes from its gathered state: the last step again, as in the uninterrupted run
     torchrun2("sft.py", *common, "--micro-batch", "2", "--fsdp", "--resume", "--out", str(tmp_path / "fsdp"))
@@ -170,7 +172,7 @@ def test_bad_model_path_is_a_one_line_error(demos_dir, fast_dir, tmp_path):
     p = subprocess.run([sys.executable, "sft.py", "--model", str(tmp_path / "nope"), "--data", demos_dir,
                         "--fast", fast_dir, "--out", str(tmp_path / "o")], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1].startswith("sft.py: --model")
+    assert p.stderr.strip().splitlines()[-1] == f"sft.py: {tmp_path / 'nope'}: no such checkpoint directory"
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -178,8 +180,8 @@ def test_checkpoint_without_action_vocabulary_is_an_error(tiny_ckpt, tmp_path):
     d = tmp_path / "novocab"
     shutil.copytree(tiny_ckpt, d)
     os.remove(d / "action_vocab.json")
-    with pytest.raises(SystemExit, match="no action vocabulary"):
-        sft.load_backbone(str(d))
+    with pytest.raises(M.CheckpointError, match="no action vocabulary"):
+        M.load_backbone(str(d))
 
 
 def test_stage2_episodes_are_disjoint_from_sft_training(tiny_ckpt, demos_dir):
@@ -196,11 +198,11 @@ SHIPPED = os.path.join(ROOT, "assets", "tiny-vl")
 @pytest.fixture(scope="module")
 def shipped(tmp_path_factory):
     """The shipped backbone and demos from scene samples no demo set uses (2000+): layouts it never saw."""
-    from data.demos import write_demos
+    from data.mini_libero import write_demos
     d = str(tmp_path_factory.mktemp("shipped") / "d")
     write_demos(d, ["spatial", "object", "goal", "long"], per_task=1, size=128, workers=1, first_init=2000)
     ds = DemoDataset(d)
-    return sft.load_backbone(SHIPPED), ds, sft.Frames(ds, range(len(ds)))
+    return M.load_backbone(SHIPPED), ds, sft.Frames(ds, range(len(ds)))
 
 
 def _true_and_shuffled(shipped, kind, n=48):

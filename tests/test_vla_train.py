@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import vla_train as V
 from conftest import ENV, ROOT, run
 from data.demos import DemoDataset
-from sft import load_backbone
+from model import load_backbone
 
 TINY = ("--frame-stride", "20", "--val-every", "0", "--d-model", "32", "--n-layers", "1")
 
