@@ -63,7 +63,7 @@ from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
 from model import (QWEN_SPECIALS, configure_optimizers, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
-from sft import Frames, Sample, build_samples, collate, mean_ci, read_stage2
+from sft import Frames, Sample, build_samples, collate, paired_change, read_stage2
 from sft import evaluate as sft_evaluate
 
 
@@ -451,7 +451,7 @@ def final_evaluation(cfg: Config, metrics: dict, before_rows, raw, proc, vocab, 
     metrics["after"], after_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
     metrics["after_image_shuffle"], _ = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
     if before_rows is not None:
-        metrics["change"] = {k: mean_ci(np.subtract(after_rows[k], before_rows[k])) for k in after_rows if k in before_rows}
+        metrics["change"] = paired_change(after_rows, before_rows)
     for k in ("after", "after_image_shuffle", "change"):
         if k in metrics:
             print(f"{k + ':':20s}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})

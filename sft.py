@@ -221,6 +221,12 @@ def mean_ci(x) -> list:
     return [float(x.mean()), float(x.mean() - h), float(x.mean() + h)]
 
 
+def paired_change(after: dict, before: dict) -> dict:
+    """{kind/metric: [mean, lo, hi]} of after − before per prompt, over the metrics both measured on the same
+    prompts in the same order: a paired interval, far tighter than comparing two unpaired ones."""
+    return {k: mean_ci(np.subtract(after[k], before[k])) for k in after if k in before and len(after[k]) == len(before[k])}
+
+
 GRID_RE = re.compile(r"\((\d+), (\d+)\)")
 
 
@@ -484,12 +490,13 @@ def build_trainer(cfg: Config, model, device, ddp: bool, fsdp: bool):
     return wrapped, opt, start
 
 
-def evaluate_before(cfg: Config, model, proc, vocab, fast, val, frames, master: bool) -> dict:
-    """The held-out figures of the model as loaded (a fresh tiny model skips this: nothing to measure)."""
-    before = evaluate(model, proc, vocab, fast, val, frames, cfg.max_new_tokens)
+def evaluate_before(cfg: Config, model, proc, vocab, fast, val, frames, master: bool) -> tuple[dict, dict]:
+    """The held-out figures of the model as loaded, and their values per prompt for the paired change (a fresh
+    tiny model skips this: nothing to measure)."""
+    before, rows = evaluate(model, proc, vocab, fast, val, frames, cfg.max_new_tokens, per_prompt=True)
     if master:
         print("before:", {k: round(v[0], 3) for k, v in before.items()})
-    return before
+    return before, rows
 
 
 def progress_eval(model, proc, vocab, fast, val, frames, max_new_tokens: int) -> str:
@@ -500,17 +507,25 @@ def progress_eval(model, proc, vocab, fast, val, frames, max_new_tokens: int) ->
 
 
 def finish(cfg: Config, raw, proc, fast, vocab, val, frames, metrics: dict, summary: dict, stage2_eps: list[int],
-           fsdp: bool, master: bool) -> None:
-    """Final held-out evaluation (true and shuffled images), then the checkpoint. Under FSDP every rank
-    evaluates and gathers the weights (collectives); rank 0 prints and writes."""
-    after = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens)
-    shuffled = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True)
+           fsdp: bool, master: bool, before_rows: dict | None = None) -> None:
+    """Final held-out evaluation (true and shuffled images), the changes paired over the same prompts (after −
+    before: what training did; after − shuffled: what the image decides), then the checkpoint. Under FSDP every
+    rank evaluates and gathers the weights (collectives); rank 0 prints and writes."""
+    after, rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, per_prompt=True)
+    shuffled, shuffled_rows = evaluate(raw, proc, vocab, fast, val, frames, cfg.max_new_tokens, shuffle=True,
+                                       per_prompt=True)
     weights = full_state(raw) if fsdp else None                     # FSDP: gathered by every rank
     if not master:
         return
-    metrics.update({"after": after, "after_image_shuffle": shuffled, **summary})
+    metrics.update({"after": after, "after_image_shuffle": shuffled, "image_effect": paired_change(rows, shuffled_rows)})
+    if before_rows is not None:
+        metrics["change"] = paired_change(rows, before_rows)
+    metrics.update(summary)
     print("after:          ", {k: [round(x, 3) for x in v] for k, v in after.items()})
     print("images shuffled:", {k: [round(x, 3) for x in v] for k, v in shuffled.items()})
+    for k in ("change", "image_effect"):
+        if k in metrics:
+            print(f"{k + ':':16}", {m: [round(x, 3) for x in v] for m, v in metrics[k].items()})
     save_checkpoint(raw, proc, fast, vocab, cfg.out, state_dict=weights, extra={
         "metrics.json": metrics, "stage2.json": {"data": os.path.abspath(cfg.data), "data_format": cfg.data_format,
                                                  "drop_noops": cfg.drop_noops, "episodes": stage2_eps},
@@ -543,8 +558,9 @@ def main(cfg: Config) -> dict:
         print(banner(cfg, device, world_size, "FSDP2" if fsdp else "DDP" if ddp else "one process", raw, micro_steps,
                      train, mix, val, stage2_eps, time.time() - t0))
 
-    metrics = {"before": evaluate_before(cfg, raw, proc, vocab, fast, val, frames, master)
-               if runs_model and start == 0 and cfg.model != "tiny" else None}
+    before, before_rows = evaluate_before(cfg, raw, proc, vocab, fast, val, frames, master) \
+        if runs_model and start == 0 and cfg.model != "tiny" else (None, None)
+    metrics = {"before": before}
     history = []
     bar = tqdm(range(start, total), disable=not master, desc="sft", dynamic_ncols=True)
     tok_count, t_last = 0, time.time()
@@ -588,7 +604,8 @@ def main(cfg: Config) -> dict:
     train_time = time.time() - t0
 
     if runs_model:
-        finish(cfg, raw, proc, fast, vocab, val, frames, metrics, stage2_eps=stage2_eps, fsdp=fsdp, master=master, summary={
+        finish(cfg, raw, proc, fast, vocab, val, frames, metrics, stage2_eps=stage2_eps, fsdp=fsdp, master=master,
+               before_rows=before_rows, summary={
             "loss_first": history[0] if history else None,
             "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
             "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})

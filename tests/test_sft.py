@@ -141,6 +141,25 @@ def test_resume_continues_from_the_saved_step(demos_dir, fast_dir, tmp_path):
     np.testing.assert_allclose(resumed, full[2:], rtol=1e-4)
 
 
+def test_paired_change_subtracts_per_prompt_over_shared_metrics():
+    after, before = {"reason/prefix": [1.0, 0.5, 0.5], "reason/where": [1, 1]}, {"reason/prefix": [0.0, 0.5, 0.0]}
+    c = sft.paired_change(after, before)
+    assert set(c) == {"reason/prefix"}                   # a metric measured only once has no paired change
+    mean, lo, hi = c["reason/prefix"]
+    assert mean == pytest.approx(0.5) and lo < mean < hi
+
+
+def test_continued_sft_reports_paired_change_and_image_effect(tiny_ckpt, demos_dir, fast_dir, tmp_path):
+    out = tmp_path / "c"
+    run("sft.py", "--model", tiny_ckpt, "--data", demos_dir, "--fast", fast_dir, "--out", str(out), "--steps", "1",
+        "--global-batch", "4", "--micro-batch", "4", "--eval-prompts", "3", "--max-new-tokens", "4")
+    m = json.load(open(out / "metrics.json"))
+    for k in ("change", "image_effect"):
+        assert "reason/prefix" in m[k] and len(m[k]["reason/prefix"]) == 3
+    # the paired change is the difference of the two means, measured on the same prompts
+    assert m["change"]["reason/format"][0] == pytest.approx(m["after"]["reason/format"][0] - m["before"]["reason/format"][0])
+
+
 def torchrun2(*args):
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
