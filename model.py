@@ -201,6 +201,9 @@ def load_backbone(path: str, trust_remote_code: bool = False, need_actions: bool
     if need_actions and (vocab is None or fast is None):
         raise CheckpointError(f"{path} has no action vocabulary (action_vocab.json + fast_tokenizer.json); "
                               f"run sft.py on it first")
+    # every batch here is left-padded (generation appends on the right); a saved tokenizer does not record it,
+    # and a processor called with padding=True on a right-padding one misplaces image tokens (M-RoPE positions)
+    proc.tokenizer.padding_side = "left"
     return model, proc, fast, vocab
 
 

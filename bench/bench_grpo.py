@@ -31,10 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from config import arg, make_parser, write_text  # noqa: E402
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from config import arg, make_parser, write_text  # noqa: E402
 
 
 @dataclass
@@ -86,6 +85,9 @@ def trl_run(cfg: Config, out: str, seed: int) -> tuple[list, list, list]:
     from model import load_backbone
     model, proc, fast, vocab = load_backbone(cfg.init)
     tok = proc.tokenizer
+    tok.padding_side = "left"           # as grpo.py: the checkpoint's tokenizer pads on the right, and TRL (1.16)
+    # left-pads prompt_ids itself but takes mm_token_type_ids from processor(..., padding=True): right-padded, the
+    # image span no longer lines up with the attention mask and Qwen2.5-VL's get_rope_index fails (shape mismatch)
     with open(os.path.join(cfg.init, "stage2.json")) as f:
         stage2 = json.load(f)
     ds = open_dataset(stage2.get("data") or stage2["demos"], stage2.get("data_format", "auto"),
@@ -142,6 +144,7 @@ def speed(cfg: Config) -> None:
     import tempfile
     tmp = tempfile.mkdtemp(prefix="bench_grpo_")
     res = {"grpo.py": ([], [], []), "TRL GRPOTrainer": ([], [], [])}
+    blocks = {"grpo.py": [], "TRL GRPOTrainer": []}                 # per-block median (wall, CPU) s / step
     for r in range(cfg.repeats):
         for name, side in (("grpo.py", "grpo"), ("TRL GRPOTrainer", "trl")):
             t0 = time.time()
@@ -153,6 +156,7 @@ def speed(cfg: Config) -> None:
             got = json.loads(p.stdout.split("BLOCK ")[-1])
             for i, k in enumerate(("dt", "cpu", "len")):
                 res[name][i].extend(got[k])
+            blocks[name].append((statistics.median(got["dt"]), statistics.median(got["cpu"])))
             print(f"{name}: block {r}: {statistics.median(got['dt']):.2f} s/step ({statistics.median(got['cpu']):.2f} "
                   f"CPU s), length {np.mean(got['len']):.1f} ({time.time() - t0:.0f}s)", flush=True)
     import trl
@@ -173,6 +177,10 @@ def speed(cfg: Config) -> None:
     g, t = "grpo.py", "TRL GRPOTrainer"
     lines += ["", f"Ratio grpo.py / TRL: **{med[g] / med[t]:.2f}** in wall time, {cpu[g] / cpu[t]:.2f} in CPU time "
               "(goal ≤ 1.0). CPU time is the robust figure when other jobs share the machine."]
+    pair = [(a[0] / b[0], a[1] / b[1]) for a, b in zip(blocks[g], blocks[t])]   # block r of each side: same seed
+    lines += ["", "Per alternating pair (block r of grpo.py / block r of TRL, same seed): wall "
+              + ", ".join(f"{w:.2f}" for w, _ in pair) + f" (median {statistics.median(w for w, _ in pair):.2f}); CPU "
+              + ", ".join(f"{c:.2f}" for _, c in pair) + f" (median {statistics.median(c for _, c in pair):.2f})."]
     write(cfg.out, "\n".join(lines) + "\n")
 
 
