@@ -8,7 +8,7 @@ import pytest
 from conftest import ENV, ROOT
 
 STAGES = ["fast_tokenizer.py", "sft.py", "grpo.py", "diffusion_head.py", "vla_train.py", "eval_libero.py", "serve.py",
-          "bench/calibration.py",
+          "bench/calibration.py", "bench/compare_policies.py",
           "knn_probe.py", "ablate.py", "scripts/summary.py"]
 
 
@@ -43,3 +43,13 @@ def test_help_lists_every_flag_without_garbling(stage):
         assert flag in options, flag
         if isinstance(f.default, bool):
             assert f"--no-{flag[2:]}" in options, flag
+
+
+def test_compare_policies_drives_one_head_and_probes_another(tiny_vla):
+    """One mini-LIBERO episode to its step limit; a policy probed against itself, with the same diffusion noise
+    per call, agrees on every call."""
+    p = subprocess.run([sys.executable, "bench/compare_policies.py", "--drive", tiny_vla, "--probe", tiny_vla,
+                        "--suite", "goal", "--task", "0", "--max-steps", "10", "--min-diff", "0"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "goal task 0 init 0: failure after 10 steps (0 calls differ)" in p.stdout
