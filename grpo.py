@@ -63,7 +63,8 @@ from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
 from model import (QWEN_SPECIALS, configure_optimizers, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
-from sft import Frames, Sample, build_samples, collate, paired_change, read_stage2
+from samples import Frames, Sample, build_samples, collate
+from sft import paired_change, read_stage2
 from sft import evaluate as sft_evaluate
 
 

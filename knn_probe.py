@@ -49,7 +49,7 @@ from data.demos import DemoDataset
 import config
 from config import arg, exits_on_bad_files, write_json, write_text
 from model import load_backbone
-from sft import task_worlds
+from samples import task_worlds
 from vla_train import default_layer, encode, vla_prompt
 
 

@@ -80,6 +80,7 @@ def trl_run(cfg: Config, out: str, seed: int) -> tuple[list, list, list]:
     from trl import GRPOConfig, GRPOTrainer
 
     import grpo
+    import samples as sm
     import sft
     from data.demos import open_dataset
     from model import load_backbone
@@ -92,11 +93,11 @@ def trl_run(cfg: Config, out: str, seed: int) -> tuple[list, list, list]:
         stage2 = json.load(f)
     ds = open_dataset(stage2.get("data") or stage2["demos"], stage2.get("data_format", "auto"),
                       stage2.get("drop_noops", False))
-    prompts = sft.build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, 0)
+    prompts = sm.build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, 0)
     order = np.random.default_rng(seed).permutation(len(prompts))[: 8 * cfg.steps]
-    frames = sft.Frames(ds, sorted({prompts[i].episode for i in order}))
+    frames = sm.Frames(ds, sorted({prompts[i].episode for i in order}))
     rows = [{"prompt": [{"role": "user", "content": prompts[i].prompt}], "image": Image.fromarray(frames(prompts[i])),
-             "target": prompts[i].actions} for i in order]          # TRL puts the image before the text, as sft.collate
+             "target": prompts[i].actions} for i in order]          # TRL puts the image before the text, as sm.collate
 
     def reward_fn(completion_ids, target, **kw):                 # grpo.reward on TRL's completions
         out = []

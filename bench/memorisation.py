@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import samples as sm  # noqa: E402
 import sft  # noqa: E402
 from model import load_backbone  # noqa: E402
 from data.demos import open_dataset  # noqa: E402
@@ -37,9 +38,9 @@ def main(argv=None):
     for split, eps in (("trained on", train_eps), ("held out", val_eps)):
         prompts = []
         for k in a.kinds.split(","):
-            s = sft.build_samples(ds, eps, fast, {k: 1.0}, a.seed + 1)
+            s = sm.build_samples(ds, eps, fast, {k: 1.0}, a.seed + 1)
             prompts += [s[i] for i in np.random.default_rng(0).permutation(len(s))[: a.prompts]]
-        m = sft.evaluate(model, proc, vocab, fast, prompts, sft.Frames(ds, eps))
+        m = sft.evaluate(model, proc, vocab, fast, prompts, sm.Frames(ds, eps))
         for k, v in m.items():
             rows.setdefault(k, {})[split] = v
     print(f"{a.model} on {a.data}: mean [95 % interval] over {a.prompts} prompts per kind")

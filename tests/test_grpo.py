@@ -17,6 +17,7 @@ import torch
 
 import grpo
 import model as M
+import samples as sm
 import sft
 from data.demos import DemoDataset
 from data.mini_libero import write_demos
@@ -45,7 +46,7 @@ def ckpt(tmp_path_factory):
     path.write_text("".join(json.dumps(r) + "\n" for r in recs))
     ds = DemoDataset(str(d / "demos"))
     fast = FastTokenizer.fit(ds.action_chunks(16), vocab_size=1024)   # the project default
-    samples = sft.build_samples(ds, ds.indices("train"), fast, {"reason": 1.0}, 0)
+    samples = sm.build_samples(ds, ds.indices("train"), fast, {"reason": 1.0}, 0)
     corpus = [s.prompt for s in samples] + [s.answer for s in samples] + ["You are a helpful assistant."]
     torch.manual_seed(0)
     model, proc, vocab = M.build_tiny(corpus, fast)
@@ -59,14 +60,14 @@ def tiny(ckpt):
     model, proc, fast, vocab = M.load_backbone(str(ckpt / "sft"))
     proc.tokenizer.padding_side = "left"
     ds = DemoDataset(str(ckpt / "demos"))
-    samples = sft.build_samples(ds, ds.indices("train")[:2], fast, {"reason": 1.0}, 0)[::9][:4]
-    frames = sft.Frames(ds, ds.indices())
+    samples = sm.build_samples(ds, ds.indices("train")[:2], fast, {"reason": 1.0}, 0)[::9][:4]
+    frames = sm.Frames(ds, ds.indices())
     return model, proc, fast, vocab, samples, frames
 
 
 def prompt_batch(tiny, samples, G=1):
     model, proc, fast, vocab, _, frames = tiny
-    inp = sft.collate(samples, [frames(s) for s in samples], proc, vocab, with_answer=False)
+    inp = sm.collate(samples, [frames(s) for s in samples], proc, vocab, with_answer=False)
     inp.pop("labels")
     return grpo.repeat_group(inp, G)
 
@@ -249,7 +250,7 @@ def test_on_policy_ratio_is_one_and_gradient_is_the_plain_policy_gradient():
 def test_left_padding_does_not_change_token_logprobs(tiny):
     model, proc, fast, vocab, samples, frames = tiny
     long = samples[0]
-    short = sft.Sample(**{**long.__dict__, "prompt": "go."})       # a much shorter prompt → left padding
+    short = sm.Sample(**{**long.__dict__, "prompt": "go."})       # a much shorter prompt → left padding
     comp = completions(tiny, 2)
     both = prompt_batch(tiny, [long, short])
     assert (both["attention_mask"][1] == 0).sum() > 5
@@ -269,7 +270,7 @@ def test_scoring_gives_the_log_probs_that_sampling_used(tiny):
     generate's own (its logits / T with the suppressed tokens removed)."""
     model, proc, fast, vocab, samples, frames = tiny
     tok, T = proc.tokenizer, 0.7
-    b = prompt_batch(tiny, [samples[0], sft.Sample(**{**samples[1].__dict__, "prompt": "go."})], G=3)
+    b = prompt_batch(tiny, [samples[0], sm.Sample(**{**samples[1].__dict__, "prompt": "go."})], G=3)
     banned = grpo.suppressed_ids(tok, model)
     gen = grpo.GenerationConfig(do_sample=True, temperature=T, top_k=0, top_p=1.0, max_new_tokens=10, suppress_tokens=banned,
                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,

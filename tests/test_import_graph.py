@@ -7,7 +7,8 @@ from conftest import ROOT
 
 PIPELINE = ["fast_tokenizer", "sft", "grpo", "diffusion_head", "vla_train", "eval_libero"]
 TOOLS = ["serve", "eval_workers", "knn_probe", "ablate"]
-SHARED = {"config": set(), "model": {"config", "fast_tokenizer"}}   # model builds on FAST's tokenizer class
+SHARED = {"config": set(), "model": {"config", "fast_tokenizer"},   # model builds on FAST's tokenizer class
+          "samples": {"fast_tokenizer"}}                             # the MLLM stages' examples and batches
 # eval_libero hands --workers runs to eval_workers and talks to a --policy ws://... through serve's client; both
 # tools import eval_libero or vla_train back, so eval_libero imports them inside the function that needs them.
 STAGE_USES_TOOL = {("eval_libero", "eval_workers"), ("eval_libero", "serve")}

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import model as M
+import samples as sm
 import sft
 from conftest import ENV, ROOT, run
 from data.demos import DemoDataset
@@ -21,14 +22,14 @@ def loaded(tiny_ckpt, demos_dir):
     model, proc, fast, vocab = M.load_backbone(tiny_ckpt)
     ds = DemoDataset(demos_dir)
     eps = ds.indices("val")[:2]
-    samples = {k: sft.build_samples(ds, eps, fast, {k: 1.0}, 0)[:3] for k in ("vqa", "reason", "fast")}
-    return model, proc, fast, vocab, samples, sft.Frames(ds, eps)
+    samples = {k: sm.build_samples(ds, eps, fast, {k: 1.0}, 0)[:3] for k in ("vqa", "reason", "fast")}
+    return model, proc, fast, vocab, samples, sm.Frames(ds, eps)
 
 
 def batch_of(loaded, kind="reason", with_answer=True):
     model, proc, fast, vocab, samples, frames = loaded
     s = samples[kind]
-    return sft.collate(s, [frames(x) for x in s], proc, vocab, with_answer=with_answer)
+    return sm.collate(s, [frames(x) for x in s], proc, vocab, with_answer=with_answer)
 
 
 def test_loss_masks_prompt_and_image_tokens(loaded):
@@ -221,12 +222,12 @@ def shipped(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("shipped") / "d")
     write_demos(d, ["spatial", "object", "goal", "long"], per_task=1, size=128, workers=1, first_init=2000)
     ds = DemoDataset(d)
-    return M.load_backbone(SHIPPED), ds, sft.Frames(ds, range(len(ds)))
+    return M.load_backbone(SHIPPED), ds, sm.Frames(ds, range(len(ds)))
 
 
 def _true_and_shuffled(shipped, kind, n=48):
     (model, proc, fast, vocab), ds, frames = shipped
-    samples = sft.build_samples(ds, list(range(len(ds))), fast, {kind: 1.0}, 0)
+    samples = sm.build_samples(ds, list(range(len(ds))), fast, {kind: 1.0}, 0)
     samples = [samples[i] for i in np.random.default_rng(0).permutation(len(samples))[:n]]
     return [sft.evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, shuffle=s, per_prompt=True)[1]
             for s in (False, True)]
@@ -261,7 +262,7 @@ def test_shipped_backbone_actions_lean_on_the_image(shipped):
 def test_score_where_counts_grid_positions_stated_in_order(loaded):
     """`where` = share of the target's grid positions the generated reasoning states, in order; actions aside."""
     model, proc, fast, vocab, samples, frames = loaded
-    s = sft.Sample(0, 0, "reason", "p", "<think>The gripper is at (3, 7) and the bowl is at (5, 2). Go.</think>"
+    s = sm.Sample(0, 0, "reason", "p", "<think>The gripper is at (3, 7) and the bowl is at (5, 2). Go.</think>"
                    "<answer><ACTION_START>{ACTIONS}<ACTION_END></answer>", [1, 2], [0, 0, 0])
     def where(think):
         return sft.score(s, [], f"<think>{think}</think><answer></answer>", vocab, fast)["where"]
