@@ -2,7 +2,7 @@
 all 50 init states of all 40 tasks, and the default demo set's generation time and size.
 
     python bench/bench_world.py            # writes bench/results/world.md
-Goal (issue 2): ≥ 700 steps/s with both cameras at the default 128 px, i.e. ≥ 100× real LIBERO's ~7/s here.
+Goal: ≥ 700 steps/s with both cameras at the default 128 px, i.e. ≥ 100× real LIBERO's ~7/s here.
 """
 import os
 import platform
