@@ -31,8 +31,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fast_tokenizer as ft  # noqa: E402
-
-
 from config import arg, parse_config as parse_flags  # noqa: E402
 
 

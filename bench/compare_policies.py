@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import arg, parse_config  # noqa: E402
-from eval_libero import MiniBackend, policy_inputs  # noqa: E402
+from eval_libero import SETTLE_ACTION, MiniBackend, policy_inputs  # noqa: E402
+from eval_libero import Config as EvalConfig  # noqa: E402
 from vla_train import Policy  # noqa: E402
 
 
@@ -55,8 +56,8 @@ def main(cfg: Config) -> None:
         env = backend.make_env(cfg.suite, cfg.task, drive.image_size, seed=7)
         env.reset()
         obs = env.set_init_state(backend.init_states(cfg.suite, cfg.task)[init])
-        for _ in range(10):                                      # settle with the gripper open, as the protocol
-            obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        for _ in range(EvalConfig.settle_steps):                 # settle with the gripper open, as the protocol
+            obs, *_ = env.step(SETTLE_ACTION)
         lines, done, t = [], False, 0
         while t < limit and not done:
             a = first_actions(drive, obs, instruction, cfg.replan_steps, t)     # [n, 7] env actions
