@@ -61,7 +61,7 @@ from transformers import GenerationConfig
 import config
 from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
-from model import (QWEN_SPECIALS, configure_optimizers, load_backbone, load_resume, parse_actions,
+from model import (QWEN_SPECIALS, configure_optimizers, end_distributed, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
 from samples import Frames, Sample, build_samples, collate
 from sft import paired_change, read_stage2
@@ -566,6 +566,7 @@ def main(cfg: Config) -> dict:
                 with open(before_path, "w") as f:
                     json.dump([metrics["before"], before_rows], f)
     train_time = time.time() - t_train
+    end_distributed(ddp)                                      # no collective after this point
 
     if master:
         metrics.update({"rounds": total, "seconds": round(train_time, 1), "s_per_round": train_time / max(1, total - start),
@@ -574,9 +575,6 @@ def main(cfg: Config) -> dict:
             final_evaluation(cfg, metrics, before_rows, raw, proc, vocab, fast, val, frames)
         save_run(cfg, metrics, history, log_path, stage2, raw, proc, fast, vocab)
         print(f"wrote {cfg.out} ({train_time:.0f}s of GRPO, {train_time / max(1, total - start):.2f} s/round)")
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
     return metrics
 
 

@@ -269,6 +269,15 @@ def setup_distributed(seed: int):
     return ddp, rank, world, device
 
 
+def end_distributed(ddp: bool) -> None:
+    """Every rank leaves the process group once its last collective is done, before rank 0's single-process final
+    evaluation and writing: the other ranks then neither idle at a barrier for the evaluation (NCCL's watchdog
+    aborts after 10 min) nor tear gloo down while rank 0's process is exiting (that race can hang the teardown)."""
+    if ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 
 
 # ----------------------------------------------------------------------------- checkpoints and resume

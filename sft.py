@@ -54,7 +54,7 @@ from config import arg, exits_on_bad_files, read_json
 from data import prompts
 from data.demos import DemoDataset, open_dataset
 from fast_tokenizer import FastTokenizer
-from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny, configure_optimizers,
+from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny, configure_optimizers, end_distributed,
                    full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
                    parse_actions, prefix_ratio, reset_action_rows, save_checkpoint, save_resume, setup_distributed,
                    shard)
@@ -502,15 +502,16 @@ def main(cfg: Config) -> dict:
                 save_resume(raw, opt, step + 1, cfg.out, state)
     train_time = time.time() - t0
 
+    if not fsdp:
+        end_distributed(ddp)                  # DDP: no collective after this point; rank 0 evaluates and writes alone
     if runs_model:
         finish(cfg, raw, proc, fast, vocab, val, frames, metrics, stage2_eps=stage2_eps, fsdp=fsdp, master=master,
                before_rows=before_rows, summary={
             "loss_first": history[0] if history else None,
             "loss_last": float(np.mean(history[-10:])) if history else None, "loss_history": history, "steps": total,
             "train_samples": len(train), "seconds": round(train_time, 1), "config": asdict(cfg)})
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
+    if fsdp:
+        end_distributed(ddp)                  # FSDP: finish gathered the sharded weights on every rank
     return metrics
 
 

@@ -75,7 +75,7 @@ from config import arg, exits_on_bad_files, write_json
 from data.demos import DemoDataset, chunk_episode, open_dataset
 from data.prompts import reasoning_prompt
 from diffusion_head import DiffusionHead, HeadConfig
-from model import (configure_optimizers, load_backbone, load_resume, lr_at, save_checkpoint,
+from model import (configure_optimizers, end_distributed, load_backbone, load_resume, lr_at, save_checkpoint,
                    save_resume, setup_distributed, swap_into)
 
 
@@ -533,13 +533,11 @@ def main(cfg: Config) -> dict:
                 os.makedirs(cfg.out, exist_ok=True)
                 save_resume(vla, opt, step + 1, cfg.out)
     t_train = time.time() - t1 - t_val
+    end_distributed(ddp)                                             # no collective after this point
     if master:
         metrics = final_evaluation(cfg, ds, ns, head, hcfg, (model, proc, fast, vocab, layer), vfeat, train, val, baseline,
                                    history, dict(load_data=t_data, features=t_feat, train=t_train, validate=t_val), t0,
                                    device)
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
     return metrics
 
 
