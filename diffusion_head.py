@@ -1,6 +1,6 @@
 """
 diffusion_head.py -- the VLA's action head: a DDPM/DDIM denoiser over an action chunk that cross-attends to a
-frozen backbone's hidden states (paper-notes §6: "a newly initialised diffusion-based action head"). RoboAlign's
+frozen backbone's hidden states (the paper: "a newly initialised diffusion-based action head"). RoboAlign's
 head "refers to" GR00T-N1.5, whose head is flow matching (4 Euler steps): DDPM/DDIM here is a faithful reading of
 "diffusion-based", not a copy of the GR00T code.
 

@@ -32,7 +32,7 @@ policy: no extra forward pass.
 Defaults vs the paper (EasyR1: G 5, rollout 512, update 128, lr 1e-6 constant, 1 epoch over 12.8 K BridgeV2
 samples, KL 1e-2 low-var, temperature 1.0, top-p 0.99). Here G 8 (more spread per group on a small batch),
 8 prompts per round and per step, lr 3e-5, β 0 and 40 rounds: on a 4 M model trained from scratch a step of 1e-6
-moves nothing within minutes, while 3e-4 already destroys the policy (calibration-notes.md); 3e-5 raised the
+moves nothing within minutes, while 3e-4 already destroys the policy (measured on this model); 3e-5 raised the
 prefix ratio in a 2.5-min budget. β 0 (TRL's default) skips the reference copy: 40 small steps stay close
 to it anyway. Top-p 1.0 keeps ρ exact. The paper does not report lengths; answers here are 41-92 tokens.
 

@@ -49,7 +49,7 @@ frames inside the wrapped VLA module (so DDP all-reduces the backbone's gradient
 holds DIR/backbone, saved as sft.py saves one, and `Policy.load` reads the fine-tuned weights from there.
 
 Full-size recipe (paper: Qwen2.5-VL-7B backbone frozen, layer 18, a GR00T-N1.5-style head, 60 K steps,
-batch 32, 2× A100; GR00T's head is flow matching, this one is DDPM as the project brief asks):
+batch 32, 2× A100; GR00T's head is flow matching, this one is DDPM, the paper saying "diffusion-based"):
     torchrun --nproc_per_node 2 vla_train.py --backbone out/grpo --data path/to/libero --steps 60000 \\
         --batch 32 --layer 18 --wrist --frame-stride 1 --n-layers 4 --lr 1e-3
 (The CPU defaults — every 4th frame, a 3-block MLP denoiser of width 256, batch 256, lr 1e-3, 2000 steps — are

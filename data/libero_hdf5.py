@@ -1,6 +1,6 @@
 """Reader for the original LIBERO HDF5 demos (one file per task, `<suite>/<TASK>_demo.hdf5`, 50 demos each).
 
-Layout read here (LIBERO's `robomimic`-style files; reference-notes.md §6):
+Layout read here (LIBERO's `robomimic`-style files):
 
     data                       attrs: problem_info (JSON with "language_instruction"),
                                macros_image_convention ("opengl": images upside down), env_name, …

@@ -45,7 +45,7 @@ def tiny_batch(B=2, L=5, seed=1):
 def test_cosine_schedule_values():
     abar = dh.cosine_schedule(100)
     beta = betas_of(abar)
-    # reference values of diffusers' squaredcos_cap_v2 at N = 100 (reference-notes §4.1)
+    # reference values of diffusers' squaredcos_cap_v2 at N = 100 (betas of the cosine schedule, clipped at 0.999)
     assert beta[0].item() == pytest.approx(6.31e-4, rel=2e-3)
     assert beta[99].item() == pytest.approx(0.999, rel=1e-9)       # the cap
     assert abar[0].item() == pytest.approx(0.99937, abs=1e-5)
