@@ -11,16 +11,22 @@ VQA and captions need mini-LIBERO's privileged world state; on real datasets (LI
 those kinds are skipped with a note and the reasoning is built from the instruction, proprio and the chunk's motion.
 
     python sft.py                                     # default: from the shipped tiny backbone, ~4 min on 2 CPUs
-    python sft.py --model tiny --mix caption=0.4,vqa=0.3,fast=0.3 --steps 3000 --lr 1.5e-3 --out out/tiny-vl-0
-    python sft.py --model out/tiny-vl-0 --mix caption=0.4,vqa=0.3,fast=0.3 --steps 1500 --lr 1e-3 --out assets/tiny-vl
-                                                      # the shipped backbone: 48 + 24.5 min (README, Stage 1)
+    python -m data.mini_libero demos --layout libero-x3 --out out/demos_x3      # the shipped backbone, re-made:
+    python sft.py --model tiny --data out/demos_x3 --mix caption=0.4,vqa=0.3,fast=0.3 --steps 3000 --lr 1.5e-3 \
+        --eval-kinds caption,fast --out out/tiny-vl-0
+    python sft.py --model out/tiny-vl-0 --data out/demos_x3 --mix caption=0.4,vqa=0.3,fast=0.3 --steps 1500 \
+        --lr 1e-3 --eval-kinds caption,fast --out assets/tiny-vl                 # ~1 + 1.5 h on 2 CPUs
     torchrun --nproc_per_node 2 sft.py --steps 20     # DDP (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 2 sft.py --steps 20 --fsdp   # FSDP2: weights, gradients, AdamW state sharded
     python sft.py --model out/sft --episodes stage2 --mix reason=1 --steps 0 --epochs 1 --out out/ecot
         # the ECoT-style control (paper Tab. 7): one more SFT epoch on GRPO's prompts, reasoning targets
 
 The tiny backbone (`--model tiny`, and `assets/tiny-vl` which ships with the repository) is a small Qwen2.5-VL
-plus a vision adapter, pretrained by the second command above; model.py's docstring says why it needs one.
+plus a vision adapter, pretrained by the commands above on scenes three times as varied as LIBERO's (libero-x3), so
+that it must find the objects instead of memorising one layout; model.py's docstring says why it needs an adapter.
+The shipped weights took one more step than these commands (an intermediate run on an earlier version of the
+world); each step's config, figures and time are in assets/tiny-vl/metrics_step1.json, metrics_step2.json and
+metrics.json.
 
 Full-size recipe (paper: Qwen2.5-VL-7B-Instruct, 2.28 M samples, frozen vision encoder, lr 2e-5 cosine,
 warmup 0.03, 1 epoch; 8× H200 ≈ 30 h). fp32 AdamW needs 16 bytes a parameter, 112 GB for 7 B: one GPU cannot

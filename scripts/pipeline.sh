@@ -16,7 +16,7 @@
 . "$(dirname "$0")/setup.sh"
 OUT=${OUT:-out}
 case ${SIZE:-default} in        # extra flags per stage (a later flag wins over a file's default)
-  default) demo_flags=(--per-task 20); sft_flags=(--steps 100 --eval-prompts 32); grpo_flags=(--steps 10 --eval-prompts 32)
+  default) demo_flags=(--per-task 20); sft_flags=(--steps 100 --eval-prompts 64); grpo_flags=(--steps 10 --eval-prompts 64)
            vla_flags=(--steps 800 --frame-stride 10); trials=3 ;;
   full)    demo_flags=(--per-task 50); sft_flags=(); grpo_flags=(); vla_flags=(); trials=10 ;;
   *) echo "pipeline.sh: SIZE=$SIZE: expected default or full" >&2; exit 2 ;;

@@ -1,4 +1,5 @@
-"""Reward curves of one or more grpo.py runs (their metrics.jsonl) as one PNG: mean reward, r_f and r_a per round.
+"""Reward curves of one or more grpo.py runs (their metrics.jsonl) as one PNG: mean reward, r_f and r_a per round
+(thin) and their trailing mean over --smooth rounds (thick).
 
     python scripts/plot_grpo.py out/grpo                                  # -> out/grpo/reward.png
     python scripts/plot_grpo.py out/grpo_s0 out/grpo_s1 --png assets/grpo_reward.png
@@ -23,6 +24,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="grpo.py output directories")
     p.add_argument("--png", default="", help="output file ('' = RUN/reward.png of the first run)")
+    p.add_argument("--smooth", type=int, default=5, help="trailing mean over this many rounds, drawn over the raw curve")
     a = p.parse_args(argv)
     try:
         import matplotlib
@@ -35,7 +37,11 @@ def main(argv=None):
         rows = read_rounds(run)
         x = [r["round"] for r in rows]
         for ax, key in zip(axes, ("reward", "r_f", "r_a")):
-            ax.plot(x, [r[key] for r in rows], label=os.path.basename(run.rstrip("/")), lw=1.2)
+            y = [r[key] for r in rows]
+            line, = ax.plot(x, y, lw=0.8, alpha=0.35)           # per round: a few prompts, so noisy
+            k = max(1, a.smooth)                                 # the trend: trailing mean over k rounds
+            ax.plot(x, [sum(y[max(0, i - k + 1):i + 1]) / len(y[max(0, i - k + 1):i + 1]) for i in range(len(y))],
+                    color=line.get_color(), lw=1.8, label=os.path.basename(run.rstrip("/")))
     for ax, title in zip(axes, ("reward = (r_f + r_a) / 2", "format reward r_f", "prefix accuracy r_a")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rollout round")

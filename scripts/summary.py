@@ -79,14 +79,17 @@ def stage_lines(root: str, vlas: list[tuple[str, str]]) -> list[str]:
     v = j("fast", "metrics.json").get("val", {})
     L.append(f"fast:  {v.get('tokens_mean', float('nan')):.1f} tokens per chunk (naive {v.get('naive_tokens', '–')}), "
              f"reconstruction RMS {v.get('err_rms_norm', float('nan')):.3f} (normalised)" if v else "fast:  –")
-    m = j("sft", "metrics.json")
-    a, s = m.get("after") or {}, m.get("after_image_shuffle") or {}
-    L.append(f"sft:   format {ci(a.get('reason/format'))}, prefix r_a {ci(a.get('reason/prefix'))}, direction "
-             f"{ci(a.get('reason/direction'))} (images shuffled {ci(s.get('reason/direction'))})" if a else "sft:   –")
+    m = j("sft", "metrics.json")        # changes are paired over the same held-out prompts
+    a, c, e = m.get("after") or {}, m.get("change") or {}, m.get("image_effect") or {}
+    change = lambda k: f", change from the backbone {ci(c[k])}" if k in c else ""    # none when built from scratch
+    L.append(f"sft:   format {ci(a.get('reason/format'))}; reasoning → FAST exact {ci(a.get('reason/exact'))}"
+             f"{change('reason/exact')}, true − shuffled images {ci(e.get('reason/exact'))}; "
+             f"prefix r_a {ci(a.get('reason/prefix'))}{change('reason/prefix')}" if a else "sft:   –")
     m = j("grpo", "metrics.json")
-    c, last = m.get("change") or {}, m.get("last") or {}
-    L.append(f"grpo:  held-out prefix change {ci(c.get('reason/prefix'))}, direction change {ci(c.get('reason/direction'))}; "
-             f"last round reward {last.get('reward', float('nan')):.3f} (r_a {last.get('r_a', float('nan')):.3f})" if m else "grpo:  –")
+    a, c, e = m.get("after") or {}, m.get("change") or {}, m.get("image_effect") or {}
+    L.append(f"grpo:  prefix r_a {ci(a.get('reason/prefix'))}, change from SFT {ci(c.get('reason/prefix'))}, "
+             f"true − shuffled images {ci(e.get('reason/prefix'))}; direction change {ci(c.get('reason/direction'))}"
+             if a else "grpo:  –")
     for name, d in vlas:
         m = j(d, "metrics.json")
         L.append(f"vla ({name}): held-out action L1 {m['val_l1']:.3f} vs mean-action baseline {m['mean_action_l1']:.3f}"

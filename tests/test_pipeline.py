@@ -35,7 +35,8 @@ def test_pipeline_end_to_end(demos_dir, fast_dir, tiny_ckpt, tiny_vla, tmp_path)
         assert row in table, table
     assert "| policy | spatial | goal | all suites (pooled) |" in table
     assert "vla (SFT): held-out action L1" in table and "vla (SFT+GRPO): held-out action L1" in table
-    assert "grpo:  held-out prefix change" in table and "demos: " in table and "–" not in table.split("## Stage")[1]
+    assert "grpo:  prefix r_a" in table and "change from SFT" in table and "demos: " in table
+    assert "–" not in table.split("## Stage")[1]                     # every stage wrote its figures
     assert (out / "summary.md").read_text() == table.rstrip("\n") + "\n"
 
 
