@@ -8,6 +8,9 @@ image-shuffle control, config) and `metrics.jsonl` (one line per rollout round).
     python grpo.py                                   # default: from out/sft, ~4 min on 2 CPUs (30 rounds) + evaluation
     python grpo.py --lr 1e-5 --beta 0.01 --no-scale-std --loss-norm sequence --out out/grpo-ablation
     torchrun --nproc_per_node 2 grpo.py --group 8    # DDP (gloo on CPU, nccl on GPU)
+    python sft.py --mix caption=0.1,vqa=0.1,reason=0.4,fast=0.1,choice=0.15,trace=0.15 --out out/sft_targets
+    python grpo.py --init out/sft_targets --reward choice --out out/grpo_language    # Tab. 6: the language target
+    python grpo.py --init out/sft_targets --reward trace --out out/grpo_visual       # Tab. 6: the visual target
 
 One round: sample `--rollout-batch` prompts; for each draw `--group` G completions (KV-cache `generate`, one
 batched call; temperature `--temperature`, nucleus `--top-p`, top-k off, vision and chat-control tokens
@@ -66,7 +69,7 @@ from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
 from model import (QWEN_SPECIALS, configure_optimizers, end_distributed, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
-from samples import Frames, Sample, build_samples, collate
+from samples import Frames, Sample, build_samples, choice_reward, collate, trace_reward
 from sft import paired_change, read_stage2
 from sft import evaluate as sft_evaluate
 
@@ -89,7 +92,8 @@ class Config:
     temperature: float = arg(0.7, "sampling temperature; scoring divides the logits by it too (paper 1.0)")
     top_p: float = arg(1.0, "nucleus sampling (1.0: off; EasyR1 0.99); top-k is always off")
     max_new_tokens: int = arg(96, "completion limit, rollouts and evaluation (answers here are 41-92 tokens)")
-    reward: str = arg("prefix", "r_a: 'prefix' (the paper's) or 'l1' (1 - clipped L1 of the decoded actions)")
+    reward: str = arg("prefix", "r_a: 'prefix' (the paper's), 'l1' (1 - clipped L1 of the decoded actions), or Tab. 6's "
+                      "other targets on their own prompts: 'choice' (language) or 'trace' (visual)")
     format_weight: float = arg(0.5, "w in r = w·r_f + (1 - w)·r_a (0.5: the paper's mean)")
     strict_length: bool = arg(False, "prefix r_a divides by max(target, generated) length: extra tokens cost reward")
     scale_std: bool = arg(True, "divide advantages by the group's std (--no-scale-std: Dr. GRPO)")
@@ -114,7 +118,7 @@ def parse_config(argv=None) -> Config:
 
 
 def check(cfg: Config, world: int) -> None:
-    bad = [(cfg.reward not in ("prefix", "l1"), f"--reward {cfg.reward!r}: choose prefix or l1"),
+    bad = [(cfg.reward not in REWARDS, f"--reward {cfg.reward!r}: choose {', '.join(REWARDS)}"),
            (cfg.loss_norm not in ("token", "sequence"), f"--loss-norm {cfg.loss_norm!r}: choose token or sequence"),
            (cfg.group < 2, "--group must be ≥ 2 (advantages need a spread within the group)"),
            (cfg.update_batch < 1 or cfg.rollout_batch % cfg.update_batch, "--rollout-batch must be a multiple of --update-batch"),
@@ -144,14 +148,17 @@ class Sizes:
 
 
 # ----------------------------------------------------------------------------- reward
+REWARDS = ("prefix", "l1", "choice", "trace")
+TARGET_KIND = {"choice": "choice", "trace": "trace"}      # rewards read from their own prompt kind (Tab. 6)
 FORMAT_RE = re.compile(r"<think>(?:(?!</?think>|</?answer>).)+</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>", re.S)
 
 
-def reward(ids: list[int], text: str, finished: bool, target: list[int], vocab: dict, fast=None,
+def reward(ids: list[int], text: str, finished: bool, target, vocab: dict, fast=None,
            kind: str = "prefix", format_weight: float = 0.5, strict_length: bool = False) -> tuple[float, float, float]:
     """(r, r_f, r_a) for one completion; never raises. `ids`: the completion's token ids before its first
     <|im_end|>; `text`: those ids decoded with special tokens kept; `finished`: <|im_end|> was generated;
-    `target`: the demonstration chunk's FAST ids. r = w·r_f + (1 − w)·r_a.
+    `target`: the demonstration chunk's FAST ids ('prefix', 'l1'), or the sample's target text ('choice': the
+    right letter, 'trace': the gripper's waypoints). r = w·r_f + (1 − w)·r_a.
 
     r_f ∈ {0, 1}: 1 iff the completion stopped by itself and its text is exactly <think>T</think><answer>A</answer>
       (whitespace allowed between the two blocks, as EasyR1's check), T non-empty, no think/answer tag inside
@@ -166,8 +173,15 @@ def reward(ids: list[int], text: str, finished: bool, target: list[int], vocab: 
         says; strict_length divides by max(m, len(block)) instead, so every extra token costs reward.
       * 'l1': 1 − min(1, mean |a − â|) of the decoded chunks in normalised units (FastTokenizer.normalize:
         q01..q99 → −1..1; the L1 sft.evaluate reports), the block decoded relaxed (padded/truncated).
+    The two other targets of the paper's Tab. 6 read the first answer block's text instead of action ids:
+      * 'choice' (language): 1 iff it is exactly the right letter (samples.choice_reward);
+      * 'trace' (visual): 1 − the mean over waypoints of min(1, distance / 5 grid units), a missing waypoint
+        counting 1 (samples.trace_reward).
     """
     r_f = float(finished and FORMAT_RE.fullmatch(text) is not None)
+    if kind in TARGET_KIND:
+        r_a = choice_reward(text, target) if kind == "choice" else trace_reward(text, target)
+        return format_weight * r_f + (1 - format_weight) * r_a, r_f, r_a
     s, e = vocab["action_start"], vocab["action_end"]
     block = parse_actions(ids, vocab) if ids.count(s) == 1 and ids.count(e) == 1 else None
     r_a = 0.0
@@ -285,8 +299,10 @@ def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, c
     for i, (c, m) in enumerate(zip(completion.tolist(), mask.sum(1).tolist())):
         finished = c[m - 1] == eos                                             # m ≥ 1: the mask ends at the EOS or at C
         ids = c[:m - 1] if finished else c                                     # before the first EOS
-        rows.append(reward(ids, tok.decode(ids, skip_special_tokens=False), finished, group[i // cfg.group].actions,
-                           vocab, fast, cfg.reward, cfg.format_weight, cfg.strict_length))
+        s = group[i // cfg.group]
+        rows.append(reward(ids, tok.decode(ids, skip_special_tokens=False), finished,
+                           s.target if cfg.reward in TARGET_KIND else s.actions, vocab, fast, cfg.reward,
+                           cfg.format_weight, cfg.strict_length))
     return torch.tensor(rows, dtype=torch.float32)
 
 
@@ -398,12 +414,16 @@ def read_stage2_of(init: str) -> dict:
 
 
 def load_prompts(cfg: Config, stage2: dict, fast):
-    """(Stage-2 prompts, held-out prompts, their frames): reasoning → FAST prompts of the reserved episodes, and
-    --eval-prompts of the val split chosen as sft.py chooses them (none with --no-eval)."""
+    """(Stage-2 prompts, held-out prompts, their frames): the reserved episodes' prompts of the kind --reward
+    aligns on (reasoning → FAST; choice or trace for Tab. 6's other targets), and --eval-prompts reasoning → FAST
+    prompts of the val split chosen as sft.py chooses them, whatever the target (none with --no-eval)."""
     data = cfg.data or stage2.get("data") or stage2.get("demos")     # "demos": checkpoints from before --data
     ds = open_dataset(data, cfg.data_format if cfg.data else stage2.get("data_format", "auto"),
                       stage2.get("drop_noops", False))
-    prompts = build_samples(ds, stage2["episodes"], fast, {"reason": 1.0}, cfg.seed)    # reasoning → FAST only
+    kind = TARGET_KIND.get(cfg.reward, "reason")                   # what GRPO aligns on: reasoning → FAST by default
+    if kind == "trace" and not ds.privileged:
+        raise SystemExit(f"grpo.py: --reward trace needs the gripper's position in the image: {ds.root} has no world state")
+    prompts = build_samples(ds, stage2["episodes"], fast, {kind: 1.0}, cfg.seed)
     val, val_eps = [], ds.indices("val")
     if cfg.eval:
         if not val_eps:

@@ -7,11 +7,14 @@ of kinds is drawn from demonstrations, where its frame comes from, and how a bat
 
 An example is a user turn (the frame, then the prompt text) and an assistant answer whose action tokens are the
 FAST ids of the chunk starting at that step (`{ACTIONS}` in the answer text until collate fills it in). The kinds
-(caption, vqa, reason, fast) and their text are data/prompts.py's; caption and vqa need mini-LIBERO's privileged
-world state.
+(caption, vqa, reason, fast, and the two other RL targets: choice, a multiple-choice question about the chunk's
+movement, and trace, the gripper's path in the image over the chunk) and their text are data/prompts.py's;
+caption, vqa and trace need mini-LIBERO's privileged world state. `choice_reward` and `trace_reward` read the
+last two back (sft.py's evaluation and grpo.py's reward).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +35,7 @@ class Sample:
     answer: str           # assistant text, with {ACTIONS} still to fill
     actions: list         # FAST ids of the chunk at t
     signs: list           # the chunk's motion direction per axis (-1/0/+1), for direction accuracy
+    target: str = ""      # choice: the right letter; trace: the gripper's waypoints ('(c, r) …'); else unused
 
 
 def task_worlds(ds: DemoDataset) -> dict:
@@ -52,6 +56,8 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
     worlds = task_worlds(ds) if privileged else None
     scale = None if privileged else prompts.motion_scale(ds.stats)
     kinds, p = list(mix), np.array(list(mix.values()), float) / sum(mix.values())
+    if not privileged and "trace" in mix:
+        raise ValueError("trace samples need mini-LIBERO's privileged world state (the gripper's position)")
     eps = [ds.load(e, ["actions", "sim_state", "phase"] if privileged else ["actions", "state"]) for e in episodes]
     chunks_of = [chunk_episode(ep["actions"], fast.time_horizon) for ep in eps]          # [T, H, 7] each
     # one encode call for every chunk: BPE's pass over the merge list is paid once, not once per episode (~20 s)
@@ -61,6 +67,7 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
         rec = ds.episodes[e]
         ids = all_ids[end - len(chunks):end]
         world, plan = worlds[(rec["suite"], rec["task_id"])] if privileged else (None, None)
+        eef = gripper_path(world, ep["sim_state"]) if "trace" in mix else None             # [T, 3]
         for t in range(len(chunks)):
             if privileged:
                 world.set_state(ep["sim_state"][t])
@@ -76,10 +83,65 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
                 q = prompts.reasoning_prompt(rec["language"])
                 a = prompts.reasoning_answer(world, phase, chunks[t], rng) if privileged else \
                     prompts.proprio_answer(rec["language"], ep["state"][t], chunks[t], scale, rng)
+            elif kind in ("choice", "trace"):                 # the language and visual targets of Tab. 6
+                think = prompts.reasoning(world, phase, chunks[t], rng) if privileged else \
+                    prompts.proprio_reasoning(rec["language"], ep["state"][t], chunks[t], scale, rng)
+                if kind == "choice":
+                    grip = prompts.gripper_words(chunks[t], world.width if privileged else 0.0)
+                    options, at = prompts.movement_options(prompts.motion_signs(chunks[t], 1.0 if privileged else scale),
+                                                           grip, rng)
+                    q, target = prompts.choice_prompt(rec["language"], options), prompts.LETTERS[at]
+                else:
+                    steps = np.minimum(np.arange(t + 1, t + 1 + fast.time_horizon), len(eef) - 1)
+                    q, target = prompts.trace_prompt(rec["language"], len(steps)), prompts.trace_text(eef[steps])
+                a = f"<think>{think}</think><answer>{target}</answer>"
             else:
                 q, a = prompts.fast_prompt(rec["language"]), prompts.fast_answer()
-            out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist()))
+            out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist(),
+                              target if kind in ("choice", "trace") else ""))
     return out
+
+
+def gripper_path(world: World, sim_states: np.ndarray) -> np.ndarray:
+    """[T, 3] the gripper's world position at every step of an episode (the visual target's waypoints)."""
+    path = []
+    for st in sim_states:
+        world.set_state(st)
+        path.append(np.array(world.eef_pos, float))
+    return np.stack(path)
+
+
+# ----------------------------------------------------------------------------- reading the other targets back
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.S)
+POINT_RE = re.compile(r"\((-?\d+),\s*(-?\d+)\)")
+TRACE_RADIUS = 5.0          # grid units (5 % of the image width) at which a waypoint's error counts in full
+
+
+def answer_of(text: str) -> str | None:
+    """The content of the first <answer>…</answer> block, or None."""
+    m = ANSWER_BLOCK.search(text)
+    return m.group(1) if m else None
+
+
+def choice_reward(text: str, letter: str) -> float:
+    """Language target: 1.0 iff the first answer block holds exactly the right letter (spaces and a final '.'
+    allowed), else 0.0 — no block, another letter, several letters, or anything else. Never raises."""
+    a = answer_of(text)
+    return float(a is not None and a.strip().rstrip(".").strip() == letter)
+
+
+def trace_reward(text: str, target: str, radius: float = TRACE_RADIUS) -> float:
+    """Visual target: 1 − mean over the target's n waypoints of min(1, distance / radius), in grid units; the
+    answer's k-th point is compared with the target's k-th. A missing point costs 1, points beyond n are ignored,
+    no answer block or no point scores 0. In [0, 1]; never raises."""
+    want = [(int(u), int(v)) for u, v in POINT_RE.findall(target)]
+    a = answer_of(text)
+    got = [(int(u), int(v)) for u, v in POINT_RE.findall(a)] if a is not None else []
+    if not want or not got:
+        return 0.0
+    err = [min(1.0, float(np.hypot(*np.subtract(got[k], w))) / radius) if k < len(got) else 1.0
+           for k, w in enumerate(want)]
+    return 1.0 - float(np.mean(err))
 
 
 class Frames:

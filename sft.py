@@ -6,7 +6,9 @@ tokenizer; writes `--out DIR`: a checkpoint `from_pretrained` loads (safetensors
 
 The vocabulary gains <ACTION_START>, <ACTION_END> and one token <act_i> per FAST id (model.add_action_vocab). The
 answer format is RoboAlign's:  <think>…</think><answer><ACTION_START><act_…>…<ACTION_END></answer>.
-Three data kinds, mixed by `--mix`: embodied VQA, reasoning → FAST, plain FAST generation (data/prompts.py).
+Three data kinds, mixed by `--mix`: embodied VQA, reasoning → FAST, plain FAST generation (data/prompts.py); and
+for the paper's Tab. 6 targets, `choice` (reasoning, then the letter of the right movement among four) and `trace`
+(reasoning, then the gripper's waypoints in the image), which grpo.py's --reward choice / trace align on.
 VQA and captions need mini-LIBERO's privileged world state; on real datasets (LIBERO HDF5, LeRobot, BridgeV2)
 those kinds are skipped with a note and the reasoning is built from the instruction, proprio and the chunk's motion.
 
@@ -64,7 +66,7 @@ from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny,
                    full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
                    parse_actions, prefix_ratio, reset_action_rows, save_checkpoint, save_resume, setup_distributed,
                    shard)
-from samples import Frames, Sample, build_samples, collate
+from samples import Frames, Sample, build_samples, choice_reward, collate, trace_reward
 
 
 @dataclass
@@ -75,7 +77,7 @@ class Config:
     drop_noops: bool = arg(False, "drop no-op steps from the demos (OpenVLA's filter)")
     fast: str = arg("", "FAST tokenizer dir or json; '' = the one inside --model, else out/fast")
     out: str = arg("out/sft", "output checkpoint directory")
-    mix: str = arg("caption=0.15,vqa=0.15,reason=0.5,fast=0.2", "data mixture: kind=weight for caption, vqa, reason, fast")
+    mix: str = arg("caption=0.15,vqa=0.15,reason=0.5,fast=0.2", "data mixture: kind=weight for caption, vqa, reason, fast, choice, trace")
     steps: int = arg(200, "optimizer steps (0: derive from --epochs)")
     epochs: float = arg(0.0, "epochs over the training samples when --steps is 0")
     global_batch: int = arg(32, "sequences per optimizer step, over all ranks and micro-steps")
@@ -91,7 +93,7 @@ class Config:
                                  "the episodes --model's stage2.json reserves for GRPO: the ECoT-style control, Tab. 7)")
     eval_every: int = arg(0, "evaluate every N steps (0: only at the end)")
     eval_prompts: int = arg(96, "held-out prompts per evaluated kind for the generation metrics")
-    eval_kinds: str = arg("reason", "kinds evaluated on held-out episodes: reason, fast, vqa, caption (comma-separated)")
+    eval_kinds: str = arg("reason", "kinds evaluated on held-out episodes: reason, fast, vqa, caption, choice, trace (comma list)")
     max_new_tokens: int = arg(96, "generation limit for the held-out evaluation")
     save_every: int = arg(100, "write a resumable checkpoint every N steps")
     resume: bool = arg(False, "continue from --out/resume if present")
@@ -117,6 +119,7 @@ def response_loss(model, batch, n_tokens: float) -> torch.Tensor:
 # ----------------------------------------------------------------------------- evaluation
 ANSWER_RE = {"reason": re.compile(r"^<think>(.+?)</think><answer>(.*?)</answer>", re.S),
              "fast": re.compile(r"^<answer>(.*?)</answer>", re.S)}
+ANSWER_RE["choice"] = ANSWER_RE["trace"] = ANSWER_RE["reason"]
 
 
 def mean_ci(x) -> list:
@@ -141,6 +144,10 @@ def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: Fast
     Reasoning about mini-LIBERO also gets `where`: the share of the target's grid positions ("(4, 7)": gripper,
     then the object in focus) that the generated <think> states exactly, in order — whether the model reads the
     scene in language, separately from whether its action tokens follow. VQA: exact match of the answer text."""
+    if sample.kind in ("choice", "trace"):           # the other RL targets: format and the target's own reward
+        got = text.split("<|im_end|>")[0]
+        acc = choice_reward(got, sample.target) if sample.kind == "choice" else trace_reward(got, sample.target)
+        return {"format": float(bool(ANSWER_RE[sample.kind].match(got))), "accuracy": acc}
     if sample.kind in ("vqa", "caption"):           # exact answer; for captions, the share of places right
         got = text.split("<|im_end|>")[0].strip()
         if sample.kind == "vqa":
@@ -207,7 +214,7 @@ def evaluate(model, proc, vocab, fast, samples, frames, max_new_tokens=96, batch
 
 
 # ----------------------------------------------------------------------------- training
-KINDS = ("caption", "vqa", "reason", "fast")
+KINDS = ("caption", "vqa", "reason", "fast", "choice", "trace")
 
 
 def parse_mix(s: str) -> dict:
@@ -220,20 +227,20 @@ def parse_mix(s: str) -> dict:
     return mix
 
 
-PUBLIC_KINDS = ("reason", "fast")                # what a dataset without privileged state can give
+PUBLIC_KINDS = ("reason", "fast", "choice")      # what a dataset without privileged state can give
 
 
 def usable_kinds(ds, mix: dict, eval_kinds: list, verbose: bool = True) -> tuple[dict, list]:
-    """Drop the kinds that need privileged world state (caption, vqa) when the dataset has none, with a note."""
+    """Drop the kinds that need privileged world state (caption, vqa, trace) when the dataset has none, with a note."""
     if ds.privileged:
         return mix, eval_kinds
     dropped = sorted((set(mix) | set(eval_kinds)) - set(PUBLIC_KINDS))
     if dropped and verbose:
         print(f"note: {ds.root} has no privileged world state: skipping {', '.join(dropped)} samples "
-              f"(reason and fast only; reasoning from instruction, proprio and motion)")
+              f"(reason, fast and choice only; reasoning from instruction, proprio and motion)")
     mix = {k: v for k, v in mix.items() if k in PUBLIC_KINDS}
     if not mix or sum(mix.values()) <= 0:
-        raise SystemExit(f"sft.py: --mix has no reason or fast weight, the only kinds {ds.root} supports")
+        raise SystemExit(f"sft.py: --mix has no reason, fast or choice weight, the only kinds {ds.root} supports")
     return mix, [k for k in eval_kinds if k in PUBLIC_KINDS] or ["reason"]
 
 

@@ -193,3 +193,47 @@ def vqa(world: World, instruction: str, plan: list, phase: str, chunk: np.ndarra
     if kind == 7:
         return "In which direction should the gripper move next?", f"It should move {direction_words(motion_signs(chunk))}."
     return "Where is the gripper in the image?", f"The gripper is in the {gripper_cell(world)} of the image."
+
+
+# ----------------------------------------------------------------------------- the other RL targets (paper Tab. 6)
+# RoboAlign compares aligning on FAST tokens with aligning on two other targets for the same next chunk: a
+# multiple-choice question about the movement (language) and the gripper's 2-D path in the image (visual). Both
+# answers follow the same <think>…</think><answer>…</answer> format, so the format reward is the same for all three.
+LETTERS = "ABCD"
+GRIP_PHRASES = ("close the gripper", "then change the gripper", "keep the gripper closed", "keep the gripper open")
+TRACE_GRID = 100            # waypoints as integer (column, row) on a 100×100 grid over the upright agentview image
+
+
+def movement_options(signs: np.ndarray, grip: str, rng) -> tuple[list[str], int]:
+    """Four distinct descriptions of the next chunk's movement and the index of the true one. Two distractors
+    change what one axis does (a moving axis reversed or stopped, a still one set moving), one keeps the motion and
+    changes the gripper phrase: each is wrong in exactly one respect, so the question needs the whole answer."""
+    truth = f"move {direction_words(signs)}, {grip}"
+    near = [signs.copy() for _ in range(6)]
+    for n, (k, d) in enumerate([(k, d) for k in range(3) for d in (1, 2)]):
+        near[n][k] = (signs[k] + 1 + d) % 3 - 1                     # the two other values of axis k
+    picks = rng.permutation(6)[:2]
+    options = [f"move {direction_words(near[i])}, {grip}" for i in picks]
+    other = [g for g in GRIP_PHRASES if g != grip]
+    options.append(f"move {direction_words(signs)}, {other[int(rng.integers(len(other)))]}")
+    at = int(rng.integers(4))
+    options.insert(at, truth)
+    return options, at
+
+
+def choice_prompt(instruction: str, options: list[str]) -> str:
+    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return (f"The task is to {instruction}. What should the robot do next?\n{lines}\n"
+            "First think about the reasoning process, then answer with the letter.")
+
+
+def trace_prompt(instruction: str, n: int) -> str:
+    return (f"The task is to {instruction}. Where will the gripper be in the image over the next {n} steps? "
+            f"First think about the reasoning process, then answer with {n} points (column, row) on a "
+            f"{TRACE_GRID}×{TRACE_GRID} grid.")
+
+
+def trace_text(points: np.ndarray) -> str:
+    """[n, 3] world points → '(c, r) (c, r) …' on the TRACE_GRID grid of the upright agentview image."""
+    uv = np.clip((agentview_uv(points) * TRACE_GRID).astype(int), 0, TRACE_GRID - 1)
+    return " ".join(f"({u}, {v})" for u, v in uv)

@@ -6,8 +6,8 @@
 # and each stage's key figure.
 #
 # Sizes. The default is the run that fits in 10 minutes on 2 cores (README: per-stage times): 20 demos per task at
-# LIBERO's layouts, 100 SFT steps and 10 GRPO rounds with 32 held-out prompts per evaluation, a VLA head of 800
-# steps on every 10th frame, and 3 trials per task (120 episodes) per VLA (measured: 543 s in all). SIZE=full
+# LIBERO's layouts, 100 SFT steps and 10 GRPO rounds with 64 held-out prompts per evaluation, a VLA head of 800
+# steps on every 10th frame, and 3 trials per task (120 episodes) per VLA (measured: 587 s in all). SIZE=full
 # runs every stage at its own defaults (50 demos per task, LIBERO's count; 10 trials per task): roughly half an hour.
 #
 # After GRPO the work forks: the VLA on the SFT backbone and the VLA on the GRPO backbone (each then evaluated)

@@ -396,6 +396,21 @@ def test_single_process_run_with_every_option_then_resume(ckpt, tmp_path):
     assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("target", ["choice", "trace"])
+def test_runs_on_the_other_targets(ckpt, tmp_path, target, monkeypatch):
+    """--reward choice / trace align on their own prompts (Tab. 6); the held-out figures stay reasoning → FAST."""
+    kinds = []
+    build = grpo.build_samples
+    monkeypatch.setattr(grpo, "build_samples", lambda ds, eps, fast, mix, seed: kinds.append(set(mix)) or
+                        build(ds, eps, fast, mix, seed))
+    m = run_main(ckpt, tmp_path / "g", "--steps", "1", "--rollout-batch", "2", "--update-batch", "2", "--group", "2",
+                 "--reward", target)
+    assert kinds[0] == {target} and {"reason"} in kinds                  # training prompts, then held-out ones
+    assert "reason/prefix" in m["change"]
+    line = json.loads((tmp_path / "g" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= line["r_a"] <= 1.0
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["--group", "1"], "--group"), (["--reward", "exact"], "--reward"), (["--rollout-batch", "3", "--update-batch", "2"], "multiple"),
     (["--init", "/nonexistent"], "no stage2.json"), (["--format-weight", "2"], "format-weight"),
