@@ -9,8 +9,7 @@ image-shuffle control, config) and `metrics.jsonl` (one line per rollout round).
     python grpo.py --lr 1e-5 --beta 0.01 --no-scale-std --loss-norm sequence --out out/grpo-ablation
     torchrun --nproc_per_node 2 grpo.py --group 8    # DDP (gloo on CPU, nccl on GPU)
     python sft.py --mix caption=0.1,vqa=0.1,reason=0.4,fast=0.1,choice=0.15,trace=0.15 --out out/sft_targets
-    python grpo.py --init out/sft_targets --reward choice --out out/grpo_language    # Tab. 6: the language target
-    python grpo.py --init out/sft_targets --reward trace --out out/grpo_visual       # Tab. 6: the visual target
+    python grpo.py --init out/sft_targets --reward choice --out out/grpo_language    # Tab. 6; --reward trace: visual
 
 One round: sample `--rollout-batch` prompts; for each draw `--group` G completions (KV-cache `generate`, one
 batched call; temperature `--temperature`, nucleus `--top-p`, top-k off, vision and chat-control tokens
@@ -33,14 +32,13 @@ by the sampling temperature and the suppressed tokens masked, so scoring and sam
 policy: no extra forward pass.
 
 Defaults vs the paper (EasyR1: G 5, rollout 512, update 128, lr 1e-6 constant, 1 epoch over 12.8 K BridgeV2
-samples, KL 1e-2 low-var, temperature 1.0, top-p 0.99). Here G 8 (more spread per group on a small batch),
-16 prompts per round and per step, 30 rounds (480 prompts), lr 1e-4, temperature 0.7, β 0. Measured on the
-default SFT checkpoint (384 held-out prompts, paired intervals): a step of 1e-6 moves nothing within minutes on a
-4 M model; at temperature 1.0 neither 3e-5, 1e-4 nor 3e-4 raised the held-out prefix ratio (−0.02…+0.02), because
-the ~45 sampled reasoning tokens vary so much that the advantage of a right action token is credited to random
-words; at 0.7 the same budget raised it by +0.02…+0.08 over three seeds (0.8: +0.03). An action chunk here is
-~1.5 FAST tokens, so r_a is nearly all-or-nothing and about half the groups get no reward spread. β 0 (TRL's
-default) skips the reference copy. Top-p 1.0 keeps ρ exact. Answers here are 41-92 tokens.
+samples, KL 1e-2 low-var, temperature 1.0, top-p 0.99). Here G 8 (more spread per group on a small batch), 16
+prompts per round and per step, 30 rounds, lr 1e-4, temperature 0.7, β 0 (TRL's default: no reference copy), top-p
+1.0 (ρ exact). Measured on the default SFT checkpoint (384 held-out prompts, paired): 1e-6 moves a 4 M model nowhere
+within minutes; at temperature 1.0 no lr from 3e-5 to 3e-4 raised the prefix ratio (−0.02…+0.02), the ~45 sampled
+reasoning tokens crediting a right action token's advantage to random words; at 0.7 it rose +0.02…+0.08 over three
+seeds. A chunk is ~1.5 FAST tokens, so r_a is nearly all-or-nothing and about half the groups have no reward
+spread. Answers here are 41-92 tokens.
 
 Full-size recipe (the paper's numbers, EasyR1's defaults where it is silent; 8× H200 ≈ 1 h in the paper;
 full-parameter RL on a 7B model also needs FSDP/ZeRO sharding, which this DDP-only file leaves out):
@@ -69,7 +67,7 @@ from config import arg, exits_on_bad_files, read_json, write_jsonl
 from data.demos import open_dataset
 from model import (QWEN_SPECIALS, configure_optimizers, end_distributed, load_backbone, load_resume, parse_actions,
                    prefix_ratio, save_checkpoint, save_resume, setup_distributed)
-from samples import Frames, Sample, build_samples, choice_reward, collate, trace_reward
+from samples import TARGET_KINDS, Frames, Sample, build_samples, collate, target_reward
 from sft import paired_change, read_stage2
 from sft import evaluate as sft_evaluate
 
@@ -148,8 +146,7 @@ class Sizes:
 
 
 # ----------------------------------------------------------------------------- reward
-REWARDS = ("prefix", "l1", "choice", "trace")
-TARGET_KIND = {"choice": "choice", "trace": "trace"}      # rewards read from their own prompt kind (Tab. 6)
+REWARDS = ("prefix", "l1", *TARGET_KINDS)       # choice, trace: Tab. 6's targets, each on its own prompt kind
 FORMAT_RE = re.compile(r"<think>(?:(?!</?think>|</?answer>).)+</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>", re.S)
 
 
@@ -173,14 +170,12 @@ def reward(ids: list[int], text: str, finished: bool, target, vocab: dict, fast=
         says; strict_length divides by max(m, len(block)) instead, so every extra token costs reward.
       * 'l1': 1 − min(1, mean |a − â|) of the decoded chunks in normalised units (FastTokenizer.normalize:
         q01..q99 → −1..1; the L1 sft.evaluate reports), the block decoded relaxed (padded/truncated).
-    The two other targets of the paper's Tab. 6 read the first answer block's text instead of action ids:
-      * 'choice' (language): 1 iff it is exactly the right letter (samples.choice_reward);
-      * 'trace' (visual): 1 − the mean over waypoints of min(1, distance / 5 grid units), a missing waypoint
-        counting 1 (samples.trace_reward).
+    'choice' and 'trace' (Tab. 6's language and visual targets) score the first answer block's text against the
+    sample's target (samples.target_reward: the right letter; waypoints within 5 grid units, a missing one costs 1).
     """
     r_f = float(finished and FORMAT_RE.fullmatch(text) is not None)
-    if kind in TARGET_KIND:
-        r_a = choice_reward(text, target) if kind == "choice" else trace_reward(text, target)
+    if kind in TARGET_KINDS:
+        r_a = target_reward(kind, text, target)
         return format_weight * r_f + (1 - format_weight) * r_a, r_f, r_a
     s, e = vocab["action_start"], vocab["action_end"]
     block = parse_actions(ids, vocab) if ids.count(s) == 1 and ids.count(e) == 1 else None
@@ -299,10 +294,9 @@ def score_completions(completion, mask, group: list[Sample], tok, vocab, fast, c
     for i, (c, m) in enumerate(zip(completion.tolist(), mask.sum(1).tolist())):
         finished = c[m - 1] == eos                                             # m ≥ 1: the mask ends at the EOS or at C
         ids = c[:m - 1] if finished else c                                     # before the first EOS
-        s = group[i // cfg.group]
-        rows.append(reward(ids, tok.decode(ids, skip_special_tokens=False), finished,
-                           s.target if cfg.reward in TARGET_KIND else s.actions, vocab, fast, cfg.reward,
-                           cfg.format_weight, cfg.strict_length))
+        s = group[i // cfg.group]                                              # its prompt's sample
+        rows.append(reward(ids, tok.decode(ids, skip_special_tokens=False), finished, s.target if cfg.reward in
+                           TARGET_KINDS else s.actions, vocab, fast, cfg.reward, cfg.format_weight, cfg.strict_length))
     return torch.tensor(rows, dtype=torch.float32)
 
 
@@ -420,9 +414,7 @@ def load_prompts(cfg: Config, stage2: dict, fast):
     data = cfg.data or stage2.get("data") or stage2.get("demos")     # "demos": checkpoints from before --data
     ds = open_dataset(data, cfg.data_format if cfg.data else stage2.get("data_format", "auto"),
                       stage2.get("drop_noops", False))
-    kind = TARGET_KIND.get(cfg.reward, "reason")                   # what GRPO aligns on: reasoning → FAST by default
-    if kind == "trace" and not ds.privileged:
-        raise SystemExit(f"grpo.py: --reward trace needs the gripper's position in the image: {ds.root} has no world state")
+    kind = cfg.reward if cfg.reward in TARGET_KINDS else "reason"    # what GRPO aligns on
     prompts = build_samples(ds, stage2["episodes"], fast, {kind: 1.0}, cfg.seed)
     val, val_eps = [], ds.indices("val")
     if cfg.eval:

@@ -278,8 +278,6 @@ def end_distributed(ddp: bool) -> None:
         dist.destroy_process_group()
 
 
-
-
 # ----------------------------------------------------------------------------- checkpoints and resume
 def save_checkpoint(model, proc, fast, vocab, out: str, extra: dict, state_dict=None) -> None:
     """Everything the next stage needs, written to out.tmp and renamed: never half-written. state_dict: the

@@ -9,8 +9,8 @@ An example is a user turn (the frame, then the prompt text) and an assistant ans
 FAST ids of the chunk starting at that step (`{ACTIONS}` in the answer text until collate fills it in). The kinds
 (caption, vqa, reason, fast, and the two other RL targets: choice, a multiple-choice question about the chunk's
 movement, and trace, the gripper's path in the image over the chunk) and their text are data/prompts.py's;
-caption, vqa and trace need mini-LIBERO's privileged world state. `choice_reward` and `trace_reward` read the
-last two back (sft.py's evaluation and grpo.py's reward).
+caption, vqa and trace need mini-LIBERO's privileged world state. `target_reward` reads the last two back
+(sft.py's evaluation and grpo.py's reward).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from data import prompts
-from data.demos import DemoDataset, chunk_episode
+from data.demos import DatasetError, DemoDataset, chunk_episode
 from data.world import Body, World
 from fast_tokenizer import FastTokenizer
 
@@ -30,7 +30,7 @@ from fast_tokenizer import FastTokenizer
 class Sample:
     episode: int          # index into the DemoDataset
     t: int                # step within the episode
-    kind: str             # vqa | reason | fast
+    kind: str             # caption | vqa | reason | fast | choice | trace
     prompt: str           # user text (the image comes first)
     answer: str           # assistant text, with {ACTIONS} still to fill
     actions: list         # FAST ids of the chunk at t
@@ -57,7 +57,8 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
     scale = None if privileged else prompts.motion_scale(ds.stats)
     kinds, p = list(mix), np.array(list(mix.values()), float) / sum(mix.values())
     if not privileged and "trace" in mix:
-        raise ValueError("trace samples need mini-LIBERO's privileged world state (the gripper's position)")
+        raise DatasetError(f"{ds.root}: trace samples need the gripper's position in the image "
+                           "(mini-LIBERO's world state)")
     eps = [ds.load(e, ["actions", "sim_state", "phase"] if privileged else ["actions", "state"]) for e in episodes]
     chunks_of = [chunk_episode(ep["actions"], fast.time_horizon) for ep in eps]          # [T, H, 7] each
     # one encode call for every chunk: BPE's pass over the merge list is paid once, not once per episode (~20 s)
@@ -72,7 +73,7 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
             if privileged:
                 world.set_state(ep["sim_state"][t])
             kind = kinds[rng.choice(len(kinds), p=p)]
-            phase = str(ep["phase"][t]) if privileged else ""
+            phase, target = (str(ep["phase"][t]) if privileged else ""), ""
             if not privileged and kind in ("vqa", "caption"):
                 raise ValueError(f"{kind} samples need mini-LIBERO's privileged world state (see usable_kinds)")
             if kind == "vqa":
@@ -88,8 +89,8 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
                     prompts.proprio_reasoning(rec["language"], ep["state"][t], chunks[t], scale, rng)
                 if kind == "choice":
                     grip = prompts.gripper_words(chunks[t], world.width if privileged else 0.0)
-                    options, at = prompts.movement_options(prompts.motion_signs(chunks[t], 1.0 if privileged else scale),
-                                                           grip, rng)
+                    signs = prompts.motion_signs(chunks[t], 1.0 if scale is None else scale)
+                    options, at = prompts.movement_options(signs, grip, rng)
                     q, target = prompts.choice_prompt(rec["language"], options), prompts.LETTERS[at]
                 else:
                     steps = np.minimum(np.arange(t + 1, t + 1 + fast.time_horizon), len(eef) - 1)
@@ -97,8 +98,7 @@ def build_samples(ds: DemoDataset, episodes: list[int], fast: FastTokenizer, mix
                 a = f"<think>{think}</think><answer>{target}</answer>"
             else:
                 q, a = prompts.fast_prompt(rec["language"]), prompts.fast_answer()
-            out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist(),
-                              target if kind in ("choice", "trace") else ""))
+            out.append(Sample(e, t, kind, q, a, list(ids[t]), prompts.motion_signs(chunks[t]).tolist(), target))
     return out
 
 
@@ -142,6 +142,14 @@ def trace_reward(text: str, target: str, radius: float = TRACE_RADIUS) -> float:
     err = [min(1.0, float(np.hypot(*np.subtract(got[k], w))) / radius) if k < len(got) else 1.0
            for k, w in enumerate(want)]
     return 1.0 - float(np.mean(err))
+
+
+TARGET_KINDS = ("choice", "trace")       # kinds whose answer is scored as text against Sample.target
+
+
+def target_reward(kind: str, text: str, target: str) -> float:
+    """The reward of a choice or trace answer: what sft.py evaluates and grpo.py's --reward choice|trace optimise."""
+    return choice_reward(text, target) if kind == "choice" else trace_reward(text, target)
 
 
 class Frames:

@@ -66,7 +66,7 @@ from model import (QWEN_SPECIALS, CheckpointError, add_action_vocab, build_tiny,
                    full_state, load_backbone, load_fast_tokenizer, load_resume, lr_at,
                    parse_actions, prefix_ratio, reset_action_rows, save_checkpoint, save_resume, setup_distributed,
                    shard)
-from samples import Frames, Sample, build_samples, choice_reward, collate, trace_reward
+from samples import TARGET_KINDS, Frames, Sample, build_samples, collate, target_reward
 
 
 @dataclass
@@ -144,10 +144,10 @@ def score(sample: Sample, gen_ids: list[int], text: str, vocab: dict, fast: Fast
     Reasoning about mini-LIBERO also gets `where`: the share of the target's grid positions ("(4, 7)": gripper,
     then the object in focus) that the generated <think> states exactly, in order — whether the model reads the
     scene in language, separately from whether its action tokens follow. VQA: exact match of the answer text."""
-    if sample.kind in ("choice", "trace"):           # the other RL targets: format and the target's own reward
+    if sample.kind in TARGET_KINDS:                  # the other RL targets: format and the target's own reward
         got = text.split("<|im_end|>")[0]
-        acc = choice_reward(got, sample.target) if sample.kind == "choice" else trace_reward(got, sample.target)
-        return {"format": float(bool(ANSWER_RE[sample.kind].match(got))), "accuracy": acc}
+        return {"format": float(bool(ANSWER_RE[sample.kind].match(got))),
+                "accuracy": target_reward(sample.kind, got, sample.target)}
     if sample.kind in ("vqa", "caption"):           # exact answer; for captions, the share of places right
         got = text.split("<|im_end|>")[0].strip()
         if sample.kind == "vqa":

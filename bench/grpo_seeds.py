@@ -46,16 +46,14 @@ def seed_interval(means: list[float]) -> list[float]:
 def main(cfg: Config) -> dict:
     gcfg = grpo.Config(init=cfg.before, eval_prompts=cfg.eval_prompts)
     stage2 = grpo.read_stage2_of(cfg.before)
-    rows = {}
-    for d in [cfg.before, *cfg.after.split(",")]:
+    runs, metrics, rows = cfg.after.split(","), cfg.metrics.split(","), {}
+    for d in [cfg.before, *runs]:
         model, proc, fast, vocab = load_backbone(d)
         _, val, frames = grpo.load_prompts(gcfg, stage2, fast)
         rows[d] = evaluate(model, proc, vocab, fast, val, frames, gcfg.max_new_tokens, per_prompt=True)[1]
-        print(f"{d}: " + ", ".join(f"{k} {np.mean(rows[d][k]):.3f}" for k in cfg.metrics.split(",")), flush=True)
-    runs = cfg.after.split(",")
-    result = {"prompts": len(rows[cfg.before][cfg.metrics.split(",")[0]]), "runs": runs, "per_seed": {}, "pooled": {},
-              "over_seeds": {}}
-    for k in cfg.metrics.split(","):
+        print(f"{d}: " + ", ".join(f"{k} {np.mean(rows[d][k]):.3f}" for k in metrics), flush=True)
+    result = {"prompts": len(rows[cfg.before][metrics[0]]), "runs": runs, "per_seed": {}, "pooled": {}, "over_seeds": {}}
+    for k in metrics:
         diffs = np.array([np.subtract(rows[d][k], rows[cfg.before][k]) for d in runs])      # [seeds, prompts]
         result["per_seed"][k] = [mean_ci(x) for x in diffs]
         result["pooled"][k] = mean_ci(diffs.mean(0))

@@ -20,6 +20,12 @@ def read_rounds(run_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def trailing_mean(y: list, k: int) -> list:
+    """Each value replaced by the mean of it and the k − 1 before it (fewer at the start)."""
+    k = max(1, k)
+    return [sum(y[max(0, i - k + 1):i + 1]) / (i + 1 - max(0, i - k + 1)) for i in range(len(y))]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="grpo.py output directories")
@@ -39,9 +45,8 @@ def main(argv=None):
         for ax, key in zip(axes, ("reward", "r_f", "r_a")):
             y = [r[key] for r in rows]
             line, = ax.plot(x, y, lw=0.8, alpha=0.35)           # per round: a few prompts, so noisy
-            k = max(1, a.smooth)                                 # the trend: trailing mean over k rounds
-            ax.plot(x, [sum(y[max(0, i - k + 1):i + 1]) / len(y[max(0, i - k + 1):i + 1]) for i in range(len(y))],
-                    color=line.get_color(), lw=1.8, label=os.path.basename(run.rstrip("/")))
+            ax.plot(x, trailing_mean(y, a.smooth), color=line.get_color(), lw=1.8,   # the trend
+                    label=os.path.basename(run.rstrip("/")))
     for ax, title in zip(axes, ("reward = (r_f + r_a) / 2", "format reward r_f", "prefix accuracy r_a")):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rollout round")

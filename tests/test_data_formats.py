@@ -453,3 +453,16 @@ def test_lerobot_video_frames_are_decoded(lerobot_bridge, tmp_path):
     assert got.shape == ref.shape and np.abs(got.astype(int) - ref).mean() < 8      # lossy codec
     q = got.shape[1] // 4
     assert got[0, :q, :q, 0].mean() > 200 and got[0, :q, :q, 2].mean() < 60        # red top-left: upright
+
+
+def test_choice_samples_on_a_real_dataset_and_no_trace(libero_h5):
+    """A dataset without world state still gives the language target (signs scaled by its own action sizes);
+    the visual target needs the gripper's place in the image and says so in one line."""
+    import samples as sm
+    from fast_tokenizer import FastTokenizer
+    ds = open_dataset(libero_h5[0])
+    fast = FastTokenizer.fit(ds.action_chunks(5), vocab_size=256)
+    s = sm.build_samples(ds, ds.indices()[:2], fast, {"choice": 1.0}, 0)
+    assert s and all(sm.target_reward("choice", x.answer, x.target) == 1.0 for x in s)
+    with pytest.raises(DatasetError, match="trace samples need"):
+        sm.build_samples(ds, ds.indices()[:1], fast, {"trace": 1.0}, 0)
