@@ -1,7 +1,7 @@
 """End to end at the smallest setting, in scripts/pipeline.sh's layout: demos (2 per task) → fast_tokenizer →
 sft (the conftest fixtures) → grpo → vla_train on the SFT backbone (fixture) and on the GRPO backbone →
 eval_libero.py with 1 trial for both and the expert → scripts/summary.py's table. Then ablate.py --preset smoke
-for 1 seed and 2 variants, run twice: the second run must skip everything."""
+for 1 seed, 3 variants and one layout, run twice: the second run must skip everything."""
 import json
 import os
 
@@ -41,18 +41,27 @@ def test_pipeline_end_to_end(demos_dir, fast_dir, tiny_ckpt, tiny_vla, tmp_path)
 
 
 def test_ablate_smoke_runs_then_resumes(demos_dir, tiny_ckpt, tmp_path):
-    out = tmp_path / "ablate"
-    args = ["ablate.py", "--preset", "smoke", "--seeds", "0", "--variants", "sft,ecot", "--base", tiny_ckpt,
-            "--data", demos_dir, "--out", str(out), "--no-plot"]
+    out, refs = tmp_path / "ablate", tmp_path / "calibration"
+    ref = {"average": 0.5, "suites": {"spatial": {"success": 0.5, "successes": 1, "n": 2}}}
+    for p in ("replay", "oracle"):                                 # bench/calibration.py's files for the layout
+        (refs / "libero" / f"eval-{p}").mkdir(parents=True)
+        (refs / "libero" / f"eval-{p}" / "results.json").write_text(json.dumps(ref))
+    args = ["ablate.py", "--preset", "smoke", "--seeds", "0", "--variants", "base,sft,ecot", "--base", tiny_ckpt,
+            "--layouts", "libero", "--layout-data", f"libero={demos_dir}", "--references", str(refs),
+            "--out", str(out), "--no-plot"]
     first = run(*args).stdout
-    assert first.count("python ") >= 6                             # sft, ecot, 2 VLAs, 2 evaluations
+    assert first.count(": python ") == 8                           # sft, ecot, 3 VLAs, 3 evaluations
     res = json.load(open(out / "results.json"))
-    assert set(res["per_seed"]) == {"sft", "ecot"}
-    for v in ("sft", "ecot"):
-        f = res["per_seed"][v]["0"]
-        assert 0 <= f["success"] <= 1 and f["val_l1"] > 0 and f["backbone_prefix"] is not None
+    assert set(res["per_seed"]["libero"]) == {"base", "sft", "ecot"}
+    for v in ("base", "sft", "ecot"):
+        f = res["per_seed"]["libero"][v]["0"]
+        assert 0 <= f["success"] <= 1 and f["val_l1"] > 0 and f["backbone_prefix"] is not None and f["n"] == 1
+    assert res["per_seed"]["libero"]["base"]["0"]["backbone_prefix"] == \
+        json.load(open(out / "runs" / "sft" / "seed0" / "metrics.json"))["before"]["reason/prefix"][0]
+    assert res["comparisons"]["libero"]["sft - base"][3] == 1    # one seed: a Newcombe interval over episodes
     md = (out / "results.md").read_text()
-    assert "| sft | " in md and "| ecot | " in md and "| 0 |" in md
+    assert "| sft | " in md and "| ecot | " in md and "| 0 |" in md and "| sft − base | Tab. 2" in md
+    assert "replay **50.0% [" in md and "blind **–**" in md and "| – / 50.0% |" in md
     # the ECoT control trained on exactly the episodes the SFT run reserved for GRPO
     st_sft = json.load(open(out / "runs" / "sft" / "seed0" / "stage2.json"))
     st_ecot = json.load(open(out / "runs" / "ecot" / "seed0" / "stage2.json"))
@@ -61,4 +70,4 @@ def test_ablate_smoke_runs_then_resumes(demos_dir, tiny_ckpt, tmp_path):
     assert st_ecot["episodes"] == st_sft["episodes"] and m_ecot["config"]["episodes"] == "stage2"
     assert m_ecot["train_samples"] == sum(lengths[e] for e in st_sft["episodes"])
     second = run(*args).stdout                                     # resumable: every run is found done
-    assert second.count("done already, skipped") == 6 and "python sft.py" not in second
+    assert second.count("done already, skipped") == 8 and "python sft.py" not in second
