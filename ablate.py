@@ -43,10 +43,11 @@ backbone's held-out reasoning → FAST prefix ratio r_a and direction accuracy (
 replay (a policy that never looks), blind (the head fed a blank image) and oracle (the head on privileged state), as
 bench/calibration.py measured them at the same layout and trials (`--references`).
 
-Statistics. Over seeds: mean and a Student-t 95 % interval (n − 1 degrees of freedom). With one seed, success gets
-the Wilson interval over its episodes instead (marked ʷ): it holds the trials' noise, not the seeds'. A comparison
-(e.g. grpo − sft) is paired by seed: the mean difference and its t interval; with one seed, Newcombe's interval for
-a difference of two Wilson proportions. Its half-width is the smallest difference the runs could tell from zero.
+Statistics. Over seeds: mean and a Student-t 95 % interval (n − 1 degrees of freedom). With fewer than three seeds
+(a t with one degree of freedom says nothing), success gets the Wilson interval over the seeds' pooled episodes
+instead (marked ʷ): it holds the trials' noise, not the seeds'. A comparison (e.g. grpo − sft) is paired by seed: the
+mean difference and its t interval; with fewer than three seeds, Newcombe's interval for a difference of two pooled
+Wilson proportions. Its half-width is the smallest difference the runs could tell from zero.
 
 Honest caveats. `vla-reasoning` gives the backbone the reasoning prompt but still one forward pass: the VLA never
 generates a chain of thought at control time, so it compares what the backbone reads, not CoT on vs off. The
@@ -64,6 +65,7 @@ from dataclasses import asdict, dataclass, field
 
 import config
 from config import arg, read_json, write_json, write_text
+from eval_libero import wilson_interval
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -290,7 +292,6 @@ def mean_ci_t(values) -> list:
 def newcombe(k1: int, n1: int, k2: int, n2: int) -> list:
     """[p1 − p2, low, high]: Newcombe's hybrid score interval (95 %) for a difference of two proportions, from the
     Wilson intervals of each; sane near 0 and 1, where p ± 1.96 se is not."""
-    from eval_libero import wilson_interval
     p1, p2 = k1 / n1, k2 / n2
     (l1, u1), (l2, u2) = wilson_interval(k1, n1), wilson_interval(k2, n2)
     d = p1 - p2
@@ -317,6 +318,7 @@ def figures(cfg: Config, runs: list[Run], seed: int) -> dict:
     out = {"success": ev.get("average"), "k": sum(v["successes"] for v in suites.values()) if suites else None,
            "n": sum(v["n"] for v in suites.values()) if suites else None}
     out.update({f"success/{s}": v["success"] for s, v in suites.items()})
+    out.update({f"n/{s}": v["n"] for s, v in suites.items()})
     out["val_l1"] = vla.get("val_l1")
     if len(runs) > 2:                                  # a trained backbone: its own held-out figures after training
         bb, when = read_json(os.path.join(runs[-3].out, "metrics.json")) or {}, "after"
@@ -340,41 +342,50 @@ def references(cfg: Config, layout: str) -> dict:
     return out
 
 
+POOL_BELOW = 3     # fewer seeds than this: success intervals pool the seeds' episodes (a t with 1 d.o.f. says nothing)
+
+
 def summarise(per_seed: dict) -> dict:
-    """{variant: {metric: [mean, low, high, n]}} over the seeds whose evaluation finished; success with one seed
-    gets the Wilson interval over its episodes (n stays 1: the table marks it)."""
-    from eval_libero import wilson_interval
+    """{variant: {metric: [mean, low, high, n]}} over the seeds whose evaluation finished. With fewer than
+    POOL_BELOW seeds, success (average and per suite) gets the Wilson interval over the seeds' pooled episodes
+    instead, and the entry 'pooled' is True (the table marks it): that interval holds the trials' noise only."""
     out = {}
     for v, seeds in per_seed.items():
-        done = {s: f for s, f in seeds.items() if f.get("success") is not None}
-        keys = [m for m in dict.fromkeys(m for f in done.values() for m in f) if m not in ("k", "n")]
-        out[v] = {m: mean_ci_t([f.get(m) for f in done.values()]) for m in keys}
-        if len(done) == 1:
-            f = next(iter(done.values()))
-            out[v]["success"] = [f["success"], *wilson_interval(f["k"], f["n"]), 1]
-        out[v]["seeds"] = sorted(done)
+        done = [f for s, f in sorted(seeds.items()) if f.get("success") is not None]
+        keys = [m for m in dict.fromkeys(m for f in done for m in f) if m not in ("k", "n") and m[:2] != "n/"]
+        out[v] = {m: mean_ci_t([f.get(m) for f in done]) for m in keys}
+        out[v]["seeds"] = sorted(s for s, f in seeds.items() if f.get("success") is not None)
+        out[v]["pooled"] = 0 < len(done) < POOL_BELOW
+        if out[v]["pooled"]:
+            for m in [m for m in keys if m == "success" or m.startswith("success/")]:
+                ns = [f["n"] if m == "success" else f.get("n/" + m[8:], 0) for f in done]
+                k = sum(round(f[m] * n) for f, n in zip(done, ns))
+                if sum(ns):
+                    out[v][m] = [out[v][m][0], *wilson_interval(k, sum(ns)), len(done)]
     return out
 
 
 def compare(per_seed: dict, a: str, b: str):
-    """Paired by seed, a − b in success: [diff, low, high, seeds]; None when no seed has both."""
+    """a − b in success: [diff, low, high, seeds]; None when no seed has both. Paired by seed (t interval over the
+    seeds' differences); with fewer than POOL_BELOW seeds, Newcombe's interval over the pooled episodes."""
     A, B = per_seed.get(a, {}), per_seed.get(b, {})
     seeds = [s for s in A if A[s].get("success") is not None and (B.get(s) or {}).get("success") is not None]
     if not seeds:
         return None
-    if len(seeds) == 1:
-        s = seeds[0]
-        return [*newcombe(A[s]["k"], A[s]["n"], B[s]["k"], B[s]["n"]), 1]
+    if len(seeds) < POOL_BELOW:
+        tot = lambda X, key: sum(X[s][key] for s in seeds)
+        return [*newcombe(tot(A, "k"), tot(A, "n"), tot(B, "k"), tot(B, "n")), len(seeds)]
     return mean_ci_t([A[s]["success"] - B[s]["success"] for s in seeds])
 
 
 # ----------------------------------------------------------------------------- output
-def pct(v, wilson_mark=False) -> str:
+def pct(v, pooled=False) -> str:
+    """A success rate with its interval, clipped to [0, 1]; ʷ marks a Wilson interval over pooled episodes."""
     if v is None or v[3] == 0:
         return "–"
     if v[1] == v[2]:
         return f"{v[0]:.1%}"
-    return f"{v[0]:.1%} [{v[1]:.0%}, {v[2]:.0%}]" + ("ʷ" if wilson_mark and v[3] == 1 else "")
+    return f"{v[0]:.1%} [{max(v[1], 0):.0%}, {min(v[2], 1):.0%}]" + ("ʷ" if pooled else "")
 
 
 def num(v) -> str:
@@ -384,26 +395,32 @@ def num(v) -> str:
 
 
 def layout_markdown(layout: str, summary: dict, refs: dict, per_seed: dict) -> list[str]:
-    from eval_libero import wilson_interval
-    ref = lambda p: (f"{refs[p]['success']:.1%} [{wilson_interval(refs[p]['k'], refs[p]['n'])[0]:.0%}, "
-                     f"{wilson_interval(refs[p]['k'], refs[p]['n'])[1]:.0%}]" if p in refs else "–")
+    def ref(p: str) -> str:
+        if p not in refs:
+            return "–"
+        lo, hi = wilson_interval(refs[p]["k"], refs[p]["n"])
+        return f"{refs[p]['success']:.1%} [{lo:.0%}, {hi:.0%}]"
+
+    order = ["spatial", "object", "goal", "long"]
     suites = sorted({m.split("/")[1] for s in summary.values() for m in s if m.startswith("success/")},
-                    key=lambda s: ["spatial", "object", "goal", "long"].index(s) if s in ("spatial", "object", "goal", "long") else 9)
+                    key=lambda s: order.index(s) if s in order else len(order))
     L = [f"\n## Layout `{layout}`\n",
          f"Floor and ceiling at this layout (bench/calibration.py, {refs.get('oracle', refs.get('replay', {})).get('n', '?')} "
          f"episodes each, Wilson 95 %): replay **{ref('replay')}**, blind **{ref('blind')}**, oracle **{ref('oracle')}**.\n",
-         "| variant | success | " + " | ".join(suites) + " | blind / oracle | backbone r_a | backbone direction "
+         "| variant | success | " + "".join(f"{x} | " for x in suites) + "blind / oracle | backbone r_a | backbone direction "
          "| GRPO train r_a (first → last 5 rounds) | VLA val L1 | seeds |",
          "|---" * (len(suites) + 8) + "|"]
     bo = " / ".join(f"{refs[p]['success']:.1%}" if p in refs else "–" for p in ("blind", "oracle"))
     for v, s in summary.items():
         tr = s.get("train_r_a_first"), s.get("train_r_a_last")
         trs = f"{tr[0][0]:.3f} → {tr[1][0]:.3f}" if tr[0] and tr[1] and tr[0][3] and tr[1][3] else "–"
-        L.append(f"| {v} | {pct(s.get('success'), True)} | " + " | ".join(pct(s.get(f'success/{x}')) for x in suites) +
-                 f" | {bo} | {num(s.get('backbone_prefix'))} | {num(s.get('backbone_direction'))} | {trs} | "
-                 f"{num(s.get('val_l1'))} | {','.join(map(str, s['seeds'])) or 'none'} |")
-    L += ["\nComparisons in closed-loop success, paired by seed (t interval over seeds; one seed: Newcombe over "
-          "episodes). The half-width is the smallest difference these runs could tell from zero.\n",
+        per_suite = "".join(pct(s.get(f"success/{x}"), s["pooled"]) + " | " for x in suites)
+        L.append(f"| {v} | {pct(s.get('success'), s['pooled'])} | {per_suite}{bo} | {num(s.get('backbone_prefix'))} | "
+                 f"{num(s.get('backbone_direction'))} | {trs} | {num(s.get('val_l1'))} | "
+                 f"{','.join(map(str, s['seeds'])) or 'none'} |")
+    L += [f"\nComparisons in closed-loop success: paired by seed (t interval over the seeds' differences), or with "
+          f"fewer than {POOL_BELOW} seeds Newcombe's interval over the pooled episodes. The half-width is the smallest "
+          "difference these runs could tell from zero.\n",
           "| comparison | paper | difference [95 %] | half-width | seeds |", "|---|---|---|---|---|"]
     for (a, b), paper in COMPARISONS.items():
         c = compare(per_seed, a, b) if a in per_seed and b in per_seed else None
@@ -414,7 +431,8 @@ def layout_markdown(layout: str, summary: dict, refs: dict, per_seed: dict) -> l
 
 def results_markdown(cfg: Config, by_layout: dict, plans: dict) -> str:
     L = [f"# Ablations on mini-LIBERO (preset `{cfg.preset}`)\n",
-         "Mean over seeds [Student-t 95 % interval] (ʷ: one seed, Wilson interval over its episodes); – = not measured. "
+         f"Mean over seeds [Student-t 95 % interval] (ʷ: fewer than {POOL_BELOW} seeds, Wilson interval over their pooled "
+         "episodes); – = not measured. "
          "Success is the closed-loop rate over the four suites (eval_libero.py); r_a and direction are the backbone's "
          "held-out reasoning → FAST figures; VLA val L1 in normalised action units on held-out frames."]
     for layout, (summary, refs, per_seed) in by_layout.items():

@@ -79,17 +79,24 @@ def test_newcombe_and_paired_comparisons():
     assert d0 == 0 and math.isclose(-lo0, hi0)
     one = {"a": {0: {"success": 0.75, "k": 30, "n": 40}}, "b": {0: {"success": 0.5, "k": 20, "n": 40}}}
     assert A.compare(one, "a", "b") == [d, lo, hi, 1]
-    three = {"a": {s: {"success": x} for s, x in enumerate([0.6, 0.7, 0.8])},
-             "b": {s: {"success": x} for s, x in enumerate([0.5, 0.5, 0.6])}}
+    three = {"a": {s: {"success": x, "k": int(40 * x), "n": 40} for s, x in enumerate([0.6, 0.7, 0.8])},
+             "b": {s: {"success": x, "k": int(40 * x), "n": 40} for s, x in enumerate([0.5, 0.5, 0.6])}}
     assert A.compare(three, "a", "b") == pytest.approx(A.mean_ci_t([0.1, 0.2, 0.2]))   # paired by seed
-    three["b"][2]["success"] = None                                        # an unfinished seed drops from the pair
-    assert A.compare(three, "a", "b")[3] == 2 and A.compare(three, "a", "nothing") is None
+    three["b"][2]["success"] = None                 # an unfinished seed drops out; two seeds pool their episodes
+    assert A.compare(three, "a", "b") == pytest.approx([*A.newcombe(52, 80, 40, 80), 2])
+    assert A.compare(three, "a", "nothing") is None
 
 
 def test_summarise_gives_one_seed_a_wilson_interval():
-    s = A.summarise({"sft": {0: {"success": 0.5, "k": 20, "n": 40, "val_l1": 0.1}, 1: {"success": None}}})["sft"]
+    f = {"success": 0.5, "k": 20, "n": 40, "success/goal": 0.25, "n/goal": 20, "val_l1": 0.1}
+    s = A.summarise({"sft": {0: f, 1: {"success": None}}})["sft"]
+    assert s["pooled"] and not A.summarise({"sft": {i: f for i in range(3)}})["sft"]["pooled"]
+    two = A.summarise({"sft": {0: f, 1: {**f, "success": 0.75, "k": 30}}})["sft"]["success"]   # 50 of 80 pooled
+    assert two[0] == 0.625 and two[3] == 2 and two[1:3] == pytest.approx(list(A.wilson_interval(50, 80)))
     assert s["seeds"] == [0] and s["success"][0] == 0.5 and s["success"][1] < 0.5 < s["success"][2] and s["success"][3] == 1
-    assert s["val_l1"] == [0.1, 0.1, 0.1, 1] and "k" not in s
+    assert s["success/goal"][1] < 0.25 < s["success/goal"][2] and s["success/goal"][2] - s["success/goal"][1] > \
+        s["success"][2] - s["success"][1]                                   # 20 episodes: wider than over 40
+    assert s["val_l1"] == [0.1, 0.1, 0.1, 1] and "k" not in s and "n/goal" not in s
 
 
 def test_results_markdown_lists_seeds_references_and_settings(tmp_path):
