@@ -61,7 +61,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import config
 from config import arg, read_json, write_json, write_text
@@ -302,7 +302,10 @@ def train_figures(run_dir: str, k: int = 5) -> dict:
     """A GRPO run's rollouts (its own target): r_a over the first k rounds and the last k, and the share of groups
     with zero reward spread over all rounds, from its metrics.jsonl."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    rows = [json.loads(line) for line in open(path) if '"r_a"' in line] if os.path.isfile(path) else []
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if '"r_a"' in line]
     if not rows:
         return {}
     mean = lambda xs: sum(xs) / len(xs)
@@ -326,6 +329,8 @@ def figures(cfg: Config, runs: list[Run], seed: int) -> dict:
         bb, when = read_json(os.path.join(cfg.out, "runs", "sft", f"seed{seed}", "metrics.json")) or {}, "before"
     out["backbone_prefix"] = (bb.get(when) or {}).get("reason/prefix", [None])[0]
     out["backbone_direction"] = (bb.get(when) or {}).get("reason/direction", [None])[0]
+    if len(runs) > 2:                                  # paired over the same held-out prompts, inside its own run
+        out["backbone_prefix_change"] = (bb.get("change") or {}).get("reason/prefix", [None])[0]
     if len(runs) > 2 and runs[-3].cmd[0] == "grpo.py":
         out.update(train_figures(runs[-3].out))
     return out
