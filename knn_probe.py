@@ -7,6 +7,7 @@ Reads one or more backbone dirs (`--backbones`, loaded with `model.load_backbone
     python knn_probe.py                                              # tiny-vl vs SFT vs GRPO, ~10 k frames each
     python knn_probe.py --backbones out/sft,out/grpo --labels phase --k 20 --pool last
     python knn_probe.py --suites long --frame-stride 1 --out out/knn_long    # one suite, every frame
+    python knn_probe.py --backbones base,sft,grpo0,grpo1 --pairs 1-0,2-1,3-1  # GRPO seeds each against the SFT
 
 What it measures. Every `--frame-stride`-th frame of the demos goes through the frozen backbone exactly as
 vla_train.py feeds it (upright agentview + the instruction, `vla_train.encode`; layer `--layer`, default the
@@ -26,6 +27,9 @@ correlated, so a per-frame Wilson interval would be too narrow), the majority-cl
 most frequent label for every query), chance (1 / number of classes), and an image-shuffled control: the same
 queries with each frame's image swapped for one from another held-out episode (the prompt stays). If the
 accuracy falls to the shuffled figure, the backbone reads the phase from the instruction, not the image.
+Between backbones (`--pairs`, default each minus the one before it): the paired change, i.e. the difference of
+the two backbones' hits on the same queries, bootstrapped by query episode, which resolves far smaller changes
+than two separate intervals do.
 
 Differences from the paper's probe: the paper labels states by DTW alignment of robot states and uses 20
 trajectories of one LIBERO long-horizon task; here the labels are the expert's phases and gripper-to-target
@@ -70,6 +74,8 @@ class Config:
     n_boot: int = arg(1000, "bootstrap resamples over query episodes for the 95 % interval")
     batch: int = arg(32, "frames per backbone forward")
     seed: int = arg(0, "seed of the shuffled control and the bootstrap")
+    pairs: str = arg("", "paired changes as later-earlier indices into --backbones, e.g. '1-0,2-1,3-1' ('' = each "
+                         "backbone minus the one before it)")
 
 
 def parse_config(argv=None) -> Config:
@@ -86,9 +92,26 @@ def check(cfg: Config) -> None:
            (cfg.pool not in ("mean", "last"), f"--pool {cfg.pool!r}: choose mean or last"),
            (min(cfg.k, cfg.frame_stride, cfg.batch, cfg.n_boot) < 1, "--k, --frame-stride, --batch, --n-boot must be ≥ 1"),
            (cfg.pos_tol <= 0, "--pos-tol must be > 0")]
+    n = len([b for b in cfg.backbones.split(",") if b.strip()])
+    try:
+        pairs = parse_pairs(cfg.pairs, n)
+    except ValueError:
+        pairs = None
+    bad.append((pairs is None or any(not (0 <= i < n and 0 <= j < n and i != j) for i, j in pairs),
+                f"--pairs {cfg.pairs!r}: expected later-earlier indices into the {n} backbones, e.g. 1-0,2-1"))
     for failed, msg in bad:
         if failed:
             raise SystemExit(f"knn_probe.py: {msg}")
+
+
+def parse_pairs(s: str, n: int) -> list[tuple[int, int]]:
+    """'2-1,3-1' → [(2, 1), (3, 1)]; '' → each backbone minus the one before it. ValueError if malformed."""
+    if not s.strip():
+        return [(i, i - 1) for i in range(1, n)]
+    pairs = [tuple(int(x) for x in p.split("-")) for p in s.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise ValueError(s)
+    return pairs
 
 
 # ----------------------------------------------------------------------------- labels from privileged state
@@ -196,8 +219,8 @@ def knn_predict(memory: np.ndarray, mem_labels: np.ndarray, queries: np.ndarray,
 
 
 def bootstrap_ci(correct, groups, n_boot: int = 1000, seed: int = 0) -> list:
-    """[accuracy, low, high]: the pooled accuracy and its 95 % percentile interval, resampling whole groups
-    (query episodes) with replacement."""
+    """[mean, low, high]: the pooled mean of per-frame values (hits 0/1, or the differences of two backbones' hits)
+    and its 95 % percentile interval, resampling whole groups (query episodes) with replacement."""
     correct, groups = np.asarray(correct, float), np.asarray(groups)
     ug, inv = np.unique(groups, return_inverse=True)
     hits, count = np.bincount(inv, correct, len(ug)), np.bincount(inv, minlength=len(ug)).astype(float)
@@ -208,8 +231,8 @@ def bootstrap_ci(correct, groups, n_boot: int = 1000, seed: int = 0) -> list:
 
 
 # ----------------------------------------------------------------------------- output
-def fmt_ci(v) -> str:
-    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+def fmt_ci(v, f: str = ".3f") -> str:
+    return f"{v[0]:{f}} [{v[1]:{f}}, {v[2]:{f}}]"
 
 
 def markdown(metrics: dict) -> str:
@@ -226,6 +249,12 @@ def markdown(metrics: dict) -> str:
             L = metrics["labels"][lab]
             lines.append(f"| `{name}` | {b['layer']} | {lab} | {len(L['classes'])} | **{fmt_ci(r['accuracy'])}** | "
                          f"{fmt_ci(r['image_shuffled'])} | {fmt_ci(L['majority'])} | {L['chance']:.3f} |")
+    if metrics.get("paired"):
+        lines += ["\nPaired changes: the same queries and memory frames through both backbones; 95 % bootstrap over "
+                  "query episodes of the difference in accuracy.\n", "| change | label | k-NN accuracy | images shuffled |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{p['later']}` − `{p['earlier']}` | {lab} | **{fmt_ci(r['accuracy'], '+.3f')}** | "
+                  f"{fmt_ci(r['image_shuffled'], '+.3f')} |" for p in metrics["paired"] for lab, r in p["labels"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -261,7 +290,9 @@ def main(cfg: Config) -> dict:
     print(f"knn_probe.py | memory {len(mem['text'])} frames / {len(mem_eps)} episodes | queries {len(qry['text'])} "
           f"frames / {len(query_eps)} episodes | labels {labels} | k {cfg.k} | pool {cfg.pool} | data {time.time() - t0:.0f}s")
 
-    for path in filter(None, (b.strip() for b in cfg.backbones.split(","))):
+    paths = [b.strip() for b in cfg.backbones.split(",") if b.strip()]
+    correct = {}                                        # path → {label: {queries, shuffled: per-query 0/1}}
+    for path in paths:
         t1 = time.time()
         model, proc, _, _ = load_backbone(path, need_actions=False)
         model.eval().requires_grad_(False)
@@ -277,15 +308,22 @@ def main(cfg: Config) -> dict:
         for lab in labels:
             m_y = np.array([ids[lab][x] for x in mem[lab]])
             q_y = np.array([ids[lab][x] for x in qry[lab]])
-            acc = lambda f_q: bootstrap_ci(knn_predict(f_mem, m_y, f_q, cfg.k, cfg.center) == q_y, qry["episode"],
-                                           cfg.n_boot, cfg.seed)
-            res["labels"][lab] = {"accuracy": acc(f_qry), "image_shuffled": acc(f_shf)}
+            hit = {kind: knn_predict(f_mem, m_y, f_q, cfg.k, cfg.center) == q_y
+                   for kind, f_q in (("accuracy", f_qry), ("image_shuffled", f_shf))}
+            correct.setdefault(path, {})[lab] = hit
+            res["labels"][lab] = {kind: bootstrap_ci(h, qry["episode"], cfg.n_boot, cfg.seed) for kind, h in hit.items()}
         res["seconds"] = round(time.time() - t1, 1)
         metrics["backbones"][path] = res
         print(f"{path} (layer {layer}, {res['seconds']:.0f}s): " + " | ".join(
             f"{lab} {fmt_ci(r['accuracy'])}, shuffled {r['image_shuffled'][0]:.3f}, majority "
             f"{metrics['labels'][lab]['majority'][0]:.3f}" for lab, r in res["labels"].items()))
         feat = model = proc = None                      # free this backbone before loading the next
+    # Paired changes: both backbones saw the same queries, so the difference per query (−1, 0, +1) is resampled by
+    # episode together, and the interval is far tighter than the two separate intervals suggest.
+    metrics["paired"] = [{"later": paths[i], "earlier": paths[j], "labels": {
+        lab: {kind: bootstrap_ci(correct[paths[i]][lab][kind].astype(float) - correct[paths[j]][lab][kind],
+                                 qry["episode"], cfg.n_boot, cfg.seed) for kind in ("accuracy", "image_shuffled")}
+        for lab in labels}} for i, j in parse_pairs(cfg.pairs, len(paths))]
     metrics["seconds"] = round(time.time() - t0, 1)
     os.makedirs(cfg.out, exist_ok=True)
     write_json(os.path.join(cfg.out, "metrics.json"), metrics)

@@ -61,8 +61,8 @@ def test_shuffled_images_come_from_other_episodes():
 
 def test_probe_runs_on_the_fixture(tiny_ckpt, demos_dir, tmp_path):
     out = tmp_path / "knn"
-    run("knn_probe.py", "--backbones", tiny_ckpt, "--data", demos_dir, "--out", str(out), "--frame-stride", "10",
-        "--n-boot", "200", "--k", "5")
+    run("knn_probe.py", "--backbones", f"{tiny_ckpt},{tiny_ckpt}", "--data", demos_dir, "--out", str(out),
+        "--frame-stride", "10", "--n-boot", "200", "--k", "5")
     m = json.load(open(out / "metrics.json"))
     r = m["backbones"][tiny_ckpt]
     assert r["layer"] == 3 and m["query_episodes"] > 0 and m["memory_frames"] > 0
@@ -72,6 +72,18 @@ def test_probe_runs_on_the_fixture(tiny_ckpt, demos_dir, tmp_path):
             assert 0 <= lo <= acc <= hi <= 1
         assert 0 < m["labels"][lab]["chance"] <= 1 and 0 <= m["labels"][lab]["majority"][0] <= 1
     assert "| backbone | layer | label |" in (out / "results.md").read_text()
+    # the same backbone twice: every query gets the same answer, so the paired change is exactly zero
+    (p,) = m["paired"]
+    assert (p["later"], p["earlier"]) == (tiny_ckpt, tiny_ckpt)
+    assert all(v == [0.0, 0.0, 0.0] for r in p["labels"].values() for v in r.values())
+    assert "| change | label |" in (out / "results.md").read_text()
+
+
+def test_pairs_default_to_the_chain_and_bad_pairs_are_one_line_errors():
+    assert K.parse_pairs("", 3) == [(1, 0), (2, 1)] and K.parse_pairs("2-0, 3-1", 4) == [(2, 0), (3, 1)]
+    for pairs in ("1-2-3", "a-b", "3-0", "1-1"):
+        with pytest.raises(SystemExit, match="--pairs"):
+            K.check(K.parse_config(["--backbones", "a,b,c", "--pairs", pairs]))
 
 
 def test_bad_flags_are_one_line_errors():
