@@ -55,7 +55,6 @@ group-size variants keep the prompts per round fixed, so a larger G also means m
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -64,7 +63,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import config
-from config import arg, read_json, write_json, write_text
+from config import arg, read_json, read_jsonl, write_json, write_text
 from eval_libero import wilson_interval
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -187,22 +186,23 @@ def run_key(stage: str, preset_flags: str, extra: str) -> str:
     return stage + "".join(f"_{k.lstrip('-')}" + "".join("-" + x.replace("/", "-") for x in v) for k, v in changed)
 
 
-def parse_pairs(s: str, what: str) -> dict:
+def parse_layout_data(s: str) -> dict:
+    """'libero=D1,libero-x3=D3' → {layout: dir}."""
     try:
         return dict(kv.split("=", 1) for kv in s.split(",") if kv.strip())
     except ValueError:
-        raise SystemExit(f"ablate.py: {what} {s!r}: expected layout=DIR pairs, comma-separated")
+        raise SystemExit(f"ablate.py: --layout-data {s!r}: expected layout=DIR pairs, comma-separated")
 
 
 def layout_demos(cfg: Config) -> dict:
     """{layout: demos dir}: --layout-data's, else OUT/demos/<layout>."""
-    given = parse_pairs(cfg.layout_data, "--layout-data")
-    return {l: given.get(l, os.path.join(cfg.out, "demos", l)) for l in csv(cfg.layouts)}
+    given = parse_layout_data(cfg.layout_data)
+    return {l: given.get(l, os.path.join(cfg.out, "demos", l)) for l in comma_list(cfg.layouts)}
 
 
 def demos_runs(cfg: Config) -> list[Run]:
     """The layouts' demos that are not given: `python -m data.mini_libero demos` (done when stats.json exists)."""
-    given = parse_pairs(cfg.layout_data, "--layout-data")
+    given = parse_layout_data(cfg.layout_data)
     return [Run(f"demos-{l}", 0, ["-m", "data.mini_libero", "demos", "--layout", l, "--per-task", str(cfg.per_task),
                                  "--workers", "1", "--out", d], d, [], "stats.json")
             for l, d in layout_demos(cfg).items() if l not in given]
@@ -247,12 +247,12 @@ def variant_plan(cfg: Config, variant: str, seed: int, layout: str) -> list[Run]
     return runs
 
 
-def csv(s: str) -> list[str]:
+def comma_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
 def selected(cfg: Config) -> list[str]:
-    names = {"all": list(VARIANTS), "paper": PAPER}.get(cfg.variants) or csv(cfg.variants)
+    names = {"all": list(VARIANTS), "paper": PAPER}.get(cfg.variants) or comma_list(cfg.variants)
     bad = [v for v in names if v not in VARIANTS]
     if bad or not names:
         raise SystemExit(f"ablate.py: unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}, paper or all")
@@ -261,7 +261,7 @@ def selected(cfg: Config) -> list[str]:
 
 def parse_seeds(s: str) -> list[int]:
     try:
-        seeds = [int(x) for x in csv(s)]
+        seeds = [int(x) for x in comma_list(s)]
     except ValueError:
         raise SystemExit(f"ablate.py: --seeds {s!r}: expected comma-separated integers")
     if not seeds:
@@ -301,11 +301,7 @@ def newcombe(k1: int, n1: int, k2: int, n2: int) -> list:
 def train_figures(run_dir: str, k: int = 5) -> dict:
     """A GRPO run's rollouts (its own target): r_a over the first k rounds and the last k, and the share of groups
     with zero reward spread over all rounds, from its metrics.jsonl."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if '"r_a"' in line]
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     if not rows:
         return {}
     mean = lambda xs: sum(xs) / len(xs)
@@ -326,7 +322,7 @@ def figures(cfg: Config, runs: list[Run], seed: int) -> dict:
     if len(runs) > 2:                                  # a trained backbone: its own held-out figures after training
         bb, when = read_json(os.path.join(runs[-3].out, "metrics.json")) or {}, "after"
     else:                                              # the base row: the SFT run's figures before it trained
-        bb, when = read_json(os.path.join(cfg.out, "runs", "sft", f"seed{seed}", "metrics.json")) or {}, "before"
+        bb, when = read_json(os.path.join(backbone_runs(cfg, "sft", seed)[0].out, "metrics.json")) or {}, "before"
     out["backbone_prefix"] = (bb.get(when) or {}).get("reason/prefix", [None])[0]
     out["backbone_direction"] = (bb.get(when) or {}).get("reason/direction", [None])[0]
     if len(runs) > 2:                                  # paired over the same held-out prompts, inside its own run
@@ -503,7 +499,7 @@ def execute(run: Run, log_dir: str) -> float:
 def main(cfg: Config) -> dict:
     if cfg.preset not in PRESETS:
         raise SystemExit(f"ablate.py: --preset {cfg.preset!r}: choose {' | '.join(PRESETS)}")
-    names, seeds, layouts = selected(cfg), parse_seeds(cfg.seeds), csv(cfg.layouts)
+    names, seeds, layouts = selected(cfg), parse_seeds(cfg.seeds), comma_list(cfg.layouts)
     if not layouts:
         raise SystemExit("ablate.py: --layouts is empty")
     if len(seeds) < 3 and cfg.preset != "smoke" and not cfg.collect_only:
@@ -540,17 +536,16 @@ def main(cfg: Config) -> dict:
             print(str(e))
             failed.add(r.out)
 
-    by_layout, per_seed_all = {}, {}
+    by_layout = {}
     for l in layouts:
         per_seed = {v: {s: figures(cfg, plans[(v, s, l)], s) for s in seeds} for v in names}
         by_layout[l] = (summarise(per_seed), references(cfg, l), per_seed)
-        per_seed_all[l] = per_seed
     os.makedirs(cfg.out, exist_ok=True)
     res = {"config": asdict(cfg), "preset": PRESETS[cfg.preset],
            "variants": {v: {"chain": VARIANTS[v][0], "extra": VARIANTS[v][1], "paper": VARIANTS[v][2]} for v in names},
-           "per_seed": per_seed_all, "summary": {l: b[0] for l, b in by_layout.items()},
+           "per_seed": {l: b[2] for l, b in by_layout.items()}, "summary": {l: b[0] for l, b in by_layout.items()},
            "references": {l: b[1] for l, b in by_layout.items()},
-           "comparisons": {l: {f"{a} - {b}": compare(per_seed_all[l], a, b) for a, b in COMPARISONS
+           "comparisons": {l: {f"{a} - {b}": compare(by_layout[l][2], a, b) for a, b in COMPARISONS
                                if a in names and b in names} for l in layouts},
            "seconds": round(time.time() - t_start, 1)}
     write_json(os.path.join(cfg.out, "results.json"), res)

@@ -98,6 +98,15 @@ def write_jsonl(path: str, rows) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def read_jsonl(path: str, default=None):
+    """The JSON objects of `path`, one a line (blank lines skipped), or `default` when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return default
+
+
 def read_json(path: str, default=None):
     """The JSON in `path`, or `default` when it is missing or unreadable (a report tolerates absent runs)."""
     try:

@@ -145,3 +145,5 @@ def test_train_figures_read_a_grpo_runs_rounds(tmp_path):
     f = A.train_figures(str(tmp_path), k=3)
     assert f == pytest.approx({"train_r_a_first": 0.1, "train_r_a_last": 0.6, "train_zero_spread": 0.375})
     assert A.train_figures(str(tmp_path / "none")) == {}
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1, "r_a"')                # cut short: no figures, no crash
+    assert A.train_figures(str(tmp_path)) == {}
